@@ -1,0 +1,1 @@
+"""Test data: image folders and .npz batches (dataloader), and a resizer for preparing folders."""

