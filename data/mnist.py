@@ -43,3 +43,38 @@ def load_mnist32(split: str) -> tuple[np.ndarray, np.ndarray]:
 def to_model_range(imgs: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W) in [0, 255] -> float32 (N, 1, H, W) in [-1, 1]."""
     return (imgs.astype(np.float32)[:, None] / 127.5 - 1.0)
+
+
+def write_samples(out_dir: str, split: str = "test", num: int = 16) -> list[str]:
+    """Write the first ``num`` digits of ``split`` as 32×32 grayscale PNGs ``<split>_<k>_<label>.png``
+    (k zero-padded, so sorted order = split order) into ``out_dir``; returns the paths.
+    Files are written atomically. Raises ValueError for num outside 1..len(split)."""
+    from PIL import Image
+
+    from util.image_io import atomic_write_bytes
+    import io
+    import os
+
+    imgs, labels = load_mnist32(split)
+    if not 1 <= num <= len(imgs):
+        raise ValueError(f"num must be in 1..{len(imgs)}, got {num}")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for k in range(num):
+        buf = io.BytesIO()
+        Image.fromarray(imgs[k], mode="L").save(buf, format="PNG")
+        path = os.path.join(out_dir, f"{split}_{k:03d}_{labels[k]}.png")
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write MNIST digits of a split as PNGs (samples/mnist/).")
+    parser.add_argument("out_dir", nargs="?", default="samples/mnist")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--num", type=int, default=16)
+    a = parser.parse_args()
+    print(f"wrote {len(write_samples(a.out_dir, a.split, a.num))} digits to {a.out_dir}")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sweep the paper's configurations: every dataset x sampling type x task runs main.py once, into
+# results/<dataset>/<sampling type>/<task>/. A failing combination does not stop the others; a
+# table of what passed and failed is printed at the end, and the exit status is 1 if any failed.
+# Lists can be narrowed from the environment (space-separated), e.g.
+#   datasets="FFHQ" sampling_types="DDIM" tasks="inpainting_config" bash batch_command.sh --num_images 10
+# Extra arguments pass through to every main.py run.
+set -u
+cd "$(dirname "$0")" || exit 2
+
+read -r -a datasets_arr <<< "${datasets:-FFHQ IMAGENET}"
+read -r -a samplers_arr <<< "${sampling_types:-DDIM DDPM}"
+read -r -a tasks_arr <<< "${tasks:-gaussian_deblur_config motion_deblur_config super_resolution_config inpainting_config}"
+seed="${seed:-22}"
+save_base_dir="${save_base_dir:-results}"
+PYTHON="${PYTHON:-python}"
+
+results=()
+failed=0
+for dataset in "${datasets_arr[@]}"; do
+  for sampling_type in "${samplers_arr[@]}"; do
+    for task in "${tasks_arr[@]}"; do
+      task="${task%.yaml}"
+      config_dir="configs/${dataset}/${sampling_type}"
+      save_dir="${save_base_dir}/${dataset}/${sampling_type}/${task}"
+      cmd=("$PYTHON" main.py
+           --model_config "${config_dir}/model_config.yaml"
+           --diffusion_config "${config_dir}/diffusion_config.yaml"
+           --task_config "${config_dir}/${task}.yaml"
+           --save_dir "$save_dir" --seed "$seed" "$@")
+      echo "=== ${dataset}/${sampling_type}/${task}: ${cmd[*]}"
+      start=$SECONDS
+      "${cmd[@]}"
+      status=$?
+      if [ "$status" -eq 0 ]; then outcome="passed"; else outcome="FAILED (exit ${status})"; failed=$((failed + 1)); fi
+      results+=("$(printf '%-10s %-6s %-26s %-18s %6ss' "$dataset" "$sampling_type" "$task" "$outcome" "$((SECONDS - start))")")
+      echo "=== ${dataset}/${sampling_type}/${task}: ${outcome}"
+    done
+  done
+done
+
+echo
+printf '%-10s %-6s %-26s %-18s %7s\n' dataset sampler task result time
+for line in "${results[@]}"; do echo "$line"; done
+echo "${#results[@]} runs, $((${#results[@]} - failed)) passed, ${failed} failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,151 @@
+"""Turn the three configs (model, diffusion, task) into the objects of a run: the network, the
+sampler, the measurement operator and noise, the solver and the test images. With ``main.py``,
+the only code that reads config dicts.
+
+Everything cheap is built and checked first (:func:`build_problem`), so that a bad name, key or
+value fails before the (large) model loads."""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from data.dataloader import ImageDataset, get_dataset
+from guided_diffusion.gaussian_diffusion import create_sampler
+from guided_diffusion.unet import create_model
+from util.config import ConfigError, check_task_layout
+from util.seeding import STREAM_NOISE, STREAM_OPERATOR, numpy_rngs, torch_generators
+
+log = logging.getLogger(__name__)
+
+
+def _signature_keys(fn, exclude: tuple[str, ...] = ()) -> list[str]:
+    params = inspect.signature(fn).parameters.values()
+    return sorted(p.name for p in params
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude)
+
+
+def model_config_keys() -> list[str]:
+    """Keys a model config may hold (the keyword parameters of ``create_model``)."""
+    return _signature_keys(create_model, exclude=("device", "channels_last"))
+
+
+def diffusion_config_keys() -> list[str]:
+    """Keys a diffusion config may hold (the keyword parameters of ``create_sampler``)."""
+    return _signature_keys(create_sampler)
+
+
+def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of the model's images from a model config (``in_channels`` defaults to 3).
+    Raises ConfigError when image_size / in_channels are missing or not positive integers."""
+    size, channels = model_cfg.get("image_size"), model_cfg.get("in_channels", 3)
+    for key, value in (("image_size", size), ("in_channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"model config: {key} must be a positive integer, got {value!r}")
+    return channels, size, size
+
+
+@dataclass
+class Problem:
+    """The cheap parts of a run, built and checked before the model loads."""
+    operator: Any
+    noiser: Any
+    solver: Any
+    sampler: Any
+    dataset: ImageDataset
+    image_shape: tuple[int, int, int]
+
+
+def operator_kwargs(measurement: Mapping[str, Any]) -> tuple[str, dict]:
+    """(name, keyword arguments) of the operator of a ``measurement`` config section.
+
+    The paper's original inpainting configs keep the mask options in ``measurement.mask_opt``;
+    they are merged into the operator's arguments (the operator's own keys win)."""
+    op = dict(measurement["operator"])
+    name = op.pop("name")
+    mask_opt = measurement.get("mask_opt")
+    if mask_opt:
+        if not isinstance(mask_opt, dict):
+            raise ConfigError("task config: measurement.mask_opt must be a mapping")
+        op = {**mask_opt, **op}
+    return name, op
+
+
+def build_measurement(measurement: Mapping[str, Any], device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """(operator, noiser) from the task config's ``measurement`` section.
+
+    A missing ``noise`` section means noiseless measurements (noise ``clean``, when that noise
+    is registered). Raises ValueError for unknown names or arguments (listing valid ones)."""
+    from operators import get_noise, get_operator, list_noises
+    name, kwargs = operator_kwargs(measurement)
+    operator = get_operator(name, device=device, **kwargs)
+    noise = measurement.get("noise")
+    if noise is None:
+        if "clean" not in list_noises():
+            raise ConfigError("task config: measurement.noise is missing; valid noise names: "
+                              + ", ".join(list_noises()))
+        noise = {"name": "clean"}
+    noise = dict(noise)
+    noiser = get_noise(noise.pop("name"), **noise)
+    return operator, noiser
+
+
+def build_solver(conditioning: Mapping[str, Any], operator: Any, noiser: Any) -> Any:
+    """The solver of the task config's ``conditioning`` section (``method`` and ``params``).
+    Raises ValueError for an unknown method or parameter (listing valid ones)."""
+    from solvers import get_solver
+    return get_solver(conditioning["method"], operator, noiser, **dict(conditioning.get("params") or {}))
+
+
+def build_sampler(diffusion_cfg: Mapping[str, Any]) -> Any:
+    """``create_sampler(**diffusion_cfg)``; raises ValueError for unknown keys or values."""
+    return create_sampler(**dict(diffusion_cfg))
+
+
+def build_dataset(data: Mapping[str, Any], shape: tuple[int, int, int]) -> ImageDataset:
+    """The test images of the task config's ``data`` section at (C, H, W) = ``shape``.
+    Raises DataError for an unknown name, missing root or a root without images."""
+    data = dict(data)
+    name, root = data.pop("name"), data.pop("root", None)
+    if root is None:
+        raise ConfigError("task config: data.root is missing (a folder of images or an .npz file)")
+    return get_dataset(name, root=root, image_size=shape[1], channels=shape[0], **data)
+
+
+def dry_run_operator(operator: Any, noiser: Any, shape: tuple[int, int, int], seed: int,
+                     device: str | torch.device = "cpu") -> None:
+    """Draw the operator's random parameters for one image of ``shape`` and measure a zero
+    image, so that a kernel larger than the image or a wrong ``in_shape`` fails now.
+    Raises ValueError with a one-line message."""
+    x = torch.zeros((1, *shape), device=device)
+    try:
+        operator.draw(numpy_rngs(seed, [0], STREAM_OPERATOR), tuple(x.shape))
+        with torch.no_grad():
+            noiser(operator.forward(x), torch_generators(seed, [0], STREAM_NOISE))
+    except RuntimeError as exc:   # shape mismatches inside torch
+        raise ValueError(f"operator {getattr(operator, 'name', '?')!r} cannot measure {tuple(x.shape)} images: "
+                         f"{' '.join(str(exc).split())}") from exc
+
+
+def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int) -> Problem:
+    """Build and check everything but the model from the configs {"model", "diffusion", "task"}.
+
+    Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
+    task = configs["task"]
+    check_task_layout(task)
+    shape = image_shape(configs["model"])
+    sampler = build_sampler(configs["diffusion"])
+    operator, noiser = build_measurement(task["measurement"], device)
+    solver = build_solver(task["conditioning"], operator, noiser)
+    dataset = build_dataset(task["data"], shape)
+    dry_run_operator(operator, noiser, shape, seed, device)
+    return Problem(operator, noiser, solver, sampler, dataset, shape)
+
+
+def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:
+    """``create_model(**model_cfg, device=device)`` in eval mode. Raises FileNotFoundError for a
+    missing checkpoint (saying where it is published), ValueError for bad keys or a mismatch."""
+    return create_model(**dict(model_cfg), device=device)

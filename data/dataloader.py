@@ -1,0 +1,195 @@
+"""Test images for the inverse problems, chosen by ``data.name`` in the task config through a
+small registry: ``ffhq``, ``imagenet`` and ``folder`` read a folder of png/jpg/jpeg files
+(recursive, sorted by relative path) or an ``.npz`` batch of uint8 N x H x W x C images (the
+ImageNet 256 reference-batch format, key ``arr_0``).
+
+Images are converted to the model's channel count (1: luminance, 3: RGB), centre-cropped to a
+square and resized to the model's image size (one warning when some were not already that size),
+and returned as (C, H, W) float32 tensors in [-1, 1]. An image that cannot be decoded raises
+:class:`UnreadableImageError` when loaded, so the caller can skip it and go on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+__DATASETS__: dict[str, Callable[..., "ImageDataset"]] = {}
+
+
+class DataError(ValueError):
+    """The data config names no usable data (unknown name, missing or empty root)."""
+
+
+class UnreadableImageError(OSError):
+    """One image of the dataset could not be decoded."""
+
+
+def register_dataset(name: str):
+    """Class or factory decorator: make it available as ``data.name: <name>``."""
+    def wrapper(obj):
+        if name in __DATASETS__:
+            raise NameError(f"dataset {name!r} is already registered")
+        __DATASETS__[name] = obj
+        return obj
+    return wrapper
+
+
+def list_datasets() -> list[str]:
+    """Registered ``data.name`` values."""
+    return sorted(__DATASETS__)
+
+
+def get_dataset(name: str, root: str, image_size: int, channels: int = 3, **kwargs) -> "ImageDataset":
+    """Build the dataset registered as ``name``.
+
+    Args:
+        name: a registered name (see :func:`list_datasets`).
+        root: folder of images, or an ``.npz`` file.
+        image_size: side of the square images returned.
+        channels: 1 or 3.
+        kwargs: dataset-specific options.
+    Raises:
+        DataError for an unknown name, a missing root, or a root with no images.
+    """
+    if name not in __DATASETS__:
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}")
+    return __DATASETS__[name](root=root, image_size=image_size, channels=channels, **kwargs)
+
+
+def to_model_image(img: Image.Image, image_size: int, channels: int) -> tuple[torch.Tensor, bool]:
+    """Convert a PIL image to a model input.
+
+    Returns ((C, H, W) float32 in [-1, 1] with C = ``channels`` and H = W = ``image_size``,
+    whether it had to be cropped or resized). Raises ValueError for ``channels`` not in {1, 3}."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    img = img.convert("L" if channels == 1 else "RGB")
+    changed = img.size != (image_size, image_size)
+    if changed:
+        img = center_crop_resize(img, image_size)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr)), changed
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """Centre-crop ``img`` to a square of its shorter side, then resize it to ``size`` x ``size``
+    (Lanczos; box filtering first when shrinking a lot)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0 if side > size else None)
+    return img
+
+
+class ImageDataset:
+    """Indexable images: ``len(ds)``, ``ds.names[i]`` (source name), ``ds.load(i)`` -> (C, H, W) in [-1, 1]."""
+
+    names: list[str]
+
+    def __init__(self, image_size: int, channels: int):
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.resized = 0
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _finish(self, img: Image.Image) -> torch.Tensor:
+        x, changed = to_model_image(img, self.image_size, self.channels)
+        if changed:
+            self.resized += 1
+            if not self._warned:
+                self._warned = True
+                log.warning("images are not %dx%d: centre-cropping and resizing them (see data/data_resizer.py "
+                            "to prepare a folder once)", self.image_size, self.image_size)
+        return x
+
+    def load(self, index: int) -> torch.Tensor:  # pragma: no cover - interface
+        """Image ``index`` as (C, H, W) float32 in [-1, 1]; raises UnreadableImageError."""
+        raise NotImplementedError
+
+
+class FolderDataset(ImageDataset):
+    """png/jpg/jpeg files under ``root`` (recursive, sorted by relative path)."""
+
+    def __init__(self, root: str, image_size: int, channels: int = 3):
+        super().__init__(image_size, channels)
+        if not os.path.isdir(root):
+            raise DataError(f"data root {root!r} does not exist or is not a folder")
+        paths = []
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for f in files:
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    paths.append(os.path.relpath(os.path.join(folder, f), root))
+        if not paths:
+            raise DataError(f"data root {root!r} holds no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images")
+        self.root = root
+        self.names = sorted(paths)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image ``index`` as (C, H, W) float32 in [-1, 1]; raises UnreadableImageError."""
+        path = os.path.join(self.root, self.names[index])
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return self._finish(img)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            raise UnreadableImageError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
+
+
+class NpzDataset(ImageDataset):
+    """uint8 images N x H x W x C (or N x H x W) under key ``arr_0`` of an ``.npz`` file."""
+
+    def __init__(self, root: str, image_size: int, channels: int = 3, key: str = "arr_0"):
+        super().__init__(image_size, channels)
+        try:
+            with np.load(root, allow_pickle=False) as f:
+                if key not in f.files:
+                    raise DataError(f"data root {root!r} has no array {key!r} (has: {', '.join(f.files)})")
+                arr = f[key]
+        except FileNotFoundError as exc:
+            raise DataError(f"data root {root!r} does not exist") from exc
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data root {root!r} is not a readable .npz file: {' '.join(str(exc).split())}") from exc
+        if arr.ndim == 4 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (3, 4)):
+            raise DataError(f"data root {root!r}: expected uint8 images N x H x W x C, got {arr.dtype} {arr.shape}")
+        if len(arr) == 0:
+            raise DataError(f"data root {root!r} holds no images")
+        self.array = arr
+        width = max(5, len(str(len(arr) - 1)))
+        self.names = [f"{i:0{width}d}" for i in range(len(arr))]
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image ``index`` as (C, H, W) float32 in [-1, 1]."""
+        return self._finish(Image.fromarray(self.array[index]))
+
+
+def _folder_or_npz(root: str, image_size: int, channels: int = 3, **kwargs) -> ImageDataset:
+    if str(root).lower().endswith(".npz"):
+        return NpzDataset(root, image_size, channels, **kwargs)
+    if kwargs:
+        raise DataError(f"unknown data option(s) {sorted(kwargs)} for an image folder; valid: name, root")
+    return FolderDataset(root, image_size, channels)
+
+
+for _name in ("folder", "ffhq", "imagenet"):
+    register_dataset(_name)(_folder_or_npz)

@@ -1,0 +1,185 @@
+"""Solve an imaging inverse problem y = A x + n over a set of test images with a diffusion prior
+(CoDPS / CoDPS+ / DPS), from a model, a diffusion and a task YAML config:
+
+    python main.py --model_config configs/FFHQ/DDIM/model_config.yaml \\
+        --diffusion_config configs/FFHQ/DDIM/diffusion_config.yaml \\
+        --task_config configs/FFHQ/DDIM/motion_deblur_config.yaml --save_dir results/ffhq \\
+        task.conditioning.params.scale=0.1 diffusion.timestep_respacing=ddim50
+
+Trailing ``section.key=value`` pairs override config entries (sections: model, diffusion, task).
+Bad input (a missing config, an unknown name or key, a missing checkpoint, an empty data folder,
+...) prints one line on stderr and exits with status 2; an interrupted run exits with 130 and
+resumes when re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``args.overrides`` holds the trailing ``section.key=value`` pairs."""
+    parser = argparse.ArgumentParser(
+        description="Diffusion posterior sampling (CoDPS / CoDPS+ / DPS) for imaging inverse problems.",
+        epilog="Overrides: trailing section.key=value pairs, e.g. task.conditioning.params.scale=0.1 "
+               "diffusion.timestep_respacing=ddim50 model.model_path=ckpts/x.pt (values parse as YAML; "
+               "1e3 is a number).")
+    parser.add_argument("--model_config", required=True, help="model YAML (UNet architecture and model_path)")
+    parser.add_argument("--diffusion_config", required=True, help="diffusion YAML (sampler, schedule, respacing)")
+    parser.add_argument("--task_config", required=True, help="task YAML (conditioning, data, measurement)")
+    parser.add_argument("--save_dir", default="./results", help="outputs go to <save_dir>/<operator name>/")
+    parser.add_argument("--seed", type=int, default=22, help="image i uses generators seeded by (seed, i)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    parser.add_argument("--gpu", type=int, default=None, help="GPU index, as in the paper's code (= --device cuda:N)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="images sampled together (results do not depend on it)")
+    parser.add_argument("--num_images", type=int, default=None, help="the first N images of the data (default all)")
+    parser.add_argument("--record", action="store_true",
+                        help="save x0_hat every 10 steps and every step below 10 to progress/<image>/")
+    parser.add_argument("--overwrite", action="store_true", help="redo images already finished in save_dir")
+    parser.add_argument("--metric_norm", choices=("clip", "minmax"), default="clip",
+                        help="map images to [0, 1] for PSNR/SSIM/LPIPS and PNGs: clip (x+1)/2 (default) or minmax "
+                             "per-image stretch (the paper's code)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    return parser.parse_intermixed_args(argv)
+
+
+class BadInput(Exception):
+    """A user error found before or while setting up the run (printed as one line, exit 2)."""
+
+
+def resolve_device(device: str, gpu: int | None) -> "torch.device":
+    """The torch device for ``--device`` / ``--gpu``. "auto" is cuda (``cuda:<gpu>``) when
+    available, else cpu. Raises BadInput for an unusable device."""
+    import torch
+    if gpu is not None and device == "auto":
+        device = f"cuda:{gpu}"
+        if not torch.cuda.is_available():
+            logging.getLogger("codps").warning("--gpu %d given but CUDA is not available; using the CPU", gpu)
+            device = "cpu"
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BadInput(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: CUDA is not available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BadInput(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+    return dev
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries that determine the results."""
+    import numpy
+    import skimage
+    import torch
+    import torchvision
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "numpy": numpy.__version__, "scikit-image": skimage.__version__}
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        out["lpips"] = version("lpips")
+    except (ImportError, PackageNotFoundError):
+        out["lpips"] = None
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def _json_normalized(obj):
+    from util.image_io import _json_safe
+    return json.loads(json.dumps(_json_safe(obj)))
+
+
+def setup(args: argparse.Namespace):
+    """Load and check everything from the arguments; returns (configs, applied overrides,
+    device, problem). Raises BadInput (or the config / data / component errors) on bad input."""
+    from builder import build_problem, diffusion_config_keys, model_config_keys
+    from util.config import apply_overrides, load_yaml
+    for flag in ("batch_size", "num_images"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise BadInput(f"--{flag} must be a positive integer, got {value}")
+    configs = {"model": load_yaml(args.model_config, "model config"),
+               "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
+               "task": load_yaml(args.task_config, "task config")}
+    configs, applied = apply_overrides(configs, args.overrides,
+                                       {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
+    unknown = sorted(set(configs["model"]) - set(model_config_keys()))
+    if unknown:
+        raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
+    device = resolve_device(args.device, args.gpu)
+    problem = build_problem(configs, device, args.seed)
+    return configs, applied, device, problem
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command-line job; returns the exit status (0, 2 bad input, 130 interrupted)."""
+    args = parse_args(argv)
+    from util.logger import setup_logging
+    log = setup_logging()
+
+    from data.dataloader import DataError
+    from util.config import ConfigError
+    bad_input = (BadInput, ConfigError, DataError, ValueError, TypeError, FileNotFoundError, PermissionError)
+
+    def fail(exc: BaseException) -> int:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in msg:
+            msg = f"{msg}: {exc.filename}"
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    try:
+        configs, applied, device, problem = setup(args)
+        import torch
+        from builder import build_model
+        from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
+        from util.metrics import LPIPSMetric
+        out_dir = os.path.join(args.save_dir, problem.operator.name)
+        info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
+                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv or sys.argv[1:])}
+        options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
+                             record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm)
+        if not args.overwrite:   # fail before the model loads
+            check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm})
+        torch.manual_seed(args.seed)   # random-weight models (model_path "") are reproducible too
+        model = build_model(configs["model"], device)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except bad_input as exc:
+        return fail(exc)
+
+    log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps; %d images in %s",
+             device, problem.operator.name, getattr(problem.noiser, "sigma", None),
+             configs["task"]["conditioning"]["method"], problem.sampler.num_timesteps,
+             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset), configs["task"]["data"]["root"])
+    torch.backends.cudnn.benchmark = False
+    runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
+                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device))
+    try:
+        result = runner.run()
+    except KeyboardInterrupt:
+        print(f"interrupted; finished images are saved in {out_dir}; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RunConflict, PermissionError) as exc:   # e.g. a save_dir that cannot be written
+        return fail(exc)
+    print(final_line(result.summary), flush=True)
+    log.info("outputs in %s (metrics.csv, summary.json)", out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run one of the paper's configurations: configs/<dataset>/<sampling_type>/<task_config>.yaml.
+# Set the variables in the environment, e.g.
+#   dataset=FFHQ sampling_type=DDIM task_config=motion_deblur_config bash run_commands.sh
+# Extra arguments pass through to main.py, e.g. --num_images 10 --seed 225 task.conditioning.params.scale=0.1
+# The exit status is main.py's (2: bad input such as a missing checkpoint or data folder).
+set -u
+
+dataset="${dataset:-MNIST}"                      # MNIST, FFHQ or IMAGENET
+sampling_type="${sampling_type:-DDIM}"           # DDIM (CoDPS+) or DDPM (CoDPS; dps_* configs: DPS)
+task_config="${task_config:-motion_deblur_config}"  # {gaussian_deblur,motion_deblur,super_resolution,inpainting}_config
+save_dir="${save_dir:-results/${dataset}/${sampling_type}}"
+PYTHON="${PYTHON:-python}"
+
+config_dir="configs/${dataset}/${sampling_type}"
+cmd=("$PYTHON" main.py
+     --model_config "${config_dir}/model_config.yaml"
+     --diffusion_config "${config_dir}/diffusion_config.yaml"
+     --task_config "${config_dir}/${task_config%.yaml}.yaml"
+     --save_dir "$save_dir" "$@")
+
+echo "Running dataset=${dataset} sampling_type=${sampling_type} task_config=${task_config}: ${cmd[*]}"
+cd "$(dirname "$0")" || exit 2
+"${cmd[@]}"

@@ -1,0 +1,335 @@
+"""The per-image loop of the command-line job: measure each test image, sample its posterior,
+save the input / label / reconstruction (and the kernel or mask) and score it, resuming where an
+earlier run into the same folder stopped.
+
+Image i (its position in the sorted dataset) draws its kernel or mask, its measurement noise and
+its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so results do
+not depend on the batch size or on which images share a batch. An image is finished when its
+row is in ``metrics.csv`` and its reconstruction is on disk (or its row records a divergence);
+finished images are skipped unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from data.dataloader import ImageDataset, UnreadableImageError
+from util.image_io import read_csv, save_json, save_npy, save_png, write_csv
+from util.metrics import LPIPSMetric, psnr, ssim, to_unit
+from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("image", "psnr", "ssim", "lpips", "seconds", "nfe", "status")
+OUTPUT_DIRS = ("input", "label", "recon", "params")
+STATUS_OK = "ok"
+STATUS_UNREADABLE = "unreadable"
+
+
+class RunConflict(ValueError):
+    """The output folder holds results of a different configuration."""
+
+
+@dataclass
+class RunOptions:
+    """Options of one run (numbers, not configs)."""
+    seed: int = 22
+    batch_size: int = 1
+    num_images: int | None = None
+    record: bool = False
+    overwrite: bool = False
+    metric_norm: str = "clip"
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    """What a run did: the rows of the selected images and the summary written to summary.json."""
+    rows: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    out_dir: str = ""
+
+
+def image_name(index: int) -> str:
+    """File stem of dataset image ``index``: zero-padded to 5 digits (``00007``)."""
+    return f"{index:05d}"
+
+
+def record_step(i: int) -> bool:
+    """Whether ``--record`` saves x0_hat at 0-based step ``i``: every step below 10, then every 10th."""
+    return i < 10 or i % 10 == 0
+
+
+def _fingerprint(summary: dict) -> dict:
+    return {k: summary.get(k) for k in ("configs", "seed", "metric_norm")}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "(root)"]
+
+
+def check_compatible(out_dir: str, fingerprint: dict) -> None:
+    """Raise RunConflict when ``out_dir/summary.json`` records other configs, seed or metric
+    normalisation than ``fingerprint`` (a JSON-like dict), naming the first differing keys."""
+    import json
+    path = os.path.join(out_dir, "summary.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        log.warning("could not read %s; not checking that it holds the same configuration", path)
+        return
+    diff = _differences(_fingerprint(old), fingerprint)
+    if diff:
+        raise RunConflict(f"{out_dir} holds results of a different run (differs in: {', '.join(diff[:5])}); "
+                          f"use --overwrite to replace them or another --save_dir")
+
+
+def _float(text: Any) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def _stats(values: Sequence[float | None]) -> dict:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    arr = np.asarray(vals, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return {"mean": float(finite.mean()) if finite.size else float(arr.mean()),
+            "std": float(finite.std()) if finite.size else None, "n": int(arr.size)}
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Counts and mean / std (over finished images) of psnr, ssim, lpips, seconds and nfe.
+
+    ``rows``: metrics rows (values as numbers or CSV text). Infinite PSNR (a perfect
+    reconstruction) is left out of the mean and std but counted in n."""
+    ok = [r for r in rows if r.get("status") == STATUS_OK]
+    counts = {"ok": len(ok),
+              "diverged": sum(str(r.get("status", "")).startswith("diverged") for r in rows),
+              "unreadable": sum(r.get("status") == STATUS_UNREADABLE for r in rows)}
+    metrics = {k: _stats([_float(r.get(k)) for r in ok]) for k in ("psnr", "ssim", "lpips", "seconds", "nfe")}
+    return {"counts": counts, "metrics": metrics}
+
+
+def final_line(summary: dict) -> str:
+    """One line: mean PSNR / SSIM / LPIPS and seconds per image, with the counts."""
+    m, c = summary["metrics"], summary["counts"]
+
+    def fmt(key: str, spec: str) -> str:
+        v = m[key]["mean"]
+        return "n/a" if v is None else format(v, spec)
+    extra = "".join(f", {c[k]} {k}" for k in ("diverged", "unreadable") if c.get(k))
+    return (f"{summary.get('operator', '')}: mean PSNR {fmt('psnr', '.2f')} dB / SSIM {fmt('ssim', '.4f')} / "
+            f"LPIPS {fmt('lpips', '.4f')} ({summary.get('metric_norm', 'clip')}), {fmt('seconds', '.2f')} s per image "
+            f"over {c['ok']} images{extra}")
+
+
+def remove_stale_temporaries(out_dir: str) -> int:
+    """Delete temporary files (``.<name>.<random>.tmp``, see ``util.image_io``) that a killed run
+    left under ``out_dir``; returns how many were removed."""
+    removed = 0
+    for folder, _, files in os.walk(out_dir):
+        for f in files:
+            if f.startswith(".") and f.endswith(".tmp"):
+                os.remove(os.path.join(folder, f))
+                removed += 1
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run in %s", removed, out_dir)
+    return removed
+
+
+class Runner:
+    """Runs the inverse problem over a dataset and writes every output under ``out_dir``.
+
+    Args:
+        model: the ε-network (eval mode, on ``device``).
+        sampler: ``sample(model, x_T, y, solver, generators, callback, progress, desc) -> SampleResult``.
+        operator, noiser, solver: the measurement model and the data-consistency step.
+        dataset: test images, ``load(i)`` -> (C, H, W) in [-1, 1].
+        out_dir: ``<save_dir>/<operator name>``.
+        options: :class:`RunOptions`.
+        info: extra entries of summary.json (configs, overrides, versions, device, ...); its
+            ``configs`` with ``options.seed`` and ``metric_norm`` identify the run for resuming.
+        device: where tensors go.
+        lpips_metric: an :class:`util.metrics.LPIPSMetric` (None: the LPIPS column stays empty).
+    """
+
+    def __init__(self, model: torch.nn.Module, sampler: Any, operator: Any, noiser: Any, solver: Any,
+                 dataset: ImageDataset, out_dir: str, options: RunOptions, info: dict,
+                 device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None):
+        self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
+        self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
+        self.device = torch.device(device)
+        self.lpips = lpips_metric
+        self.rows: dict[str, dict] = {}
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def selection(self) -> list[int]:
+        """Dataset indices of this run: the first ``num_images`` (all when None)."""
+        n = len(self.dataset) if self.opt.num_images is None else min(self.opt.num_images, len(self.dataset))
+        return list(range(n))
+
+    def finished(self, index: int) -> bool:
+        """True when image ``index`` has a metrics row and its reconstruction (or a divergence row)."""
+        row = self.rows.get(image_name(index))
+        if row is None:
+            return False
+        status = str(row.get("status", ""))
+        if status.startswith("diverged"):
+            return True
+        return status == STATUS_OK and os.path.isfile(os.path.join(self.out_dir, "recon", image_name(index) + ".png"))
+
+    def _write_rows(self) -> None:
+        rows = sorted(self.rows.values(), key=lambda r: r["image"])
+        write_csv(os.path.join(self.out_dir, "metrics.csv"), CSV_FIELDS, rows)
+
+    def _summary(self, selection: Sequence[int], status: str) -> dict:
+        rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
+        summary = {"status": status, "operator": getattr(self.operator, "name", ""),
+                   "num_images": len(selection), **summarize(rows)}
+        summary["counts"]["pending"] = len(selection) - sum(self.finished(i) for i in selection)
+        summary.update({"metric_norm": self.opt.metric_norm, "seed": self.opt.seed,
+                        "batch_size": self.opt.batch_size, "noise_sigma": getattr(self.noiser, "sigma", None)})
+        summary.update(self.info)
+        summary["unreadable"] = [r["image"] for r in rows if r.get("status") == STATUS_UNREADABLE]
+        summary["diverged"] = {r["image"]: r["status"] for r in rows if str(r.get("status", "")).startswith("diverged")}
+        summary["images"] = {image_name(i): self.dataset.names[i] for i in selection}
+        return summary
+
+    def _write_summary(self, selection: Sequence[int], status: str) -> dict:
+        summary = self._summary(selection, status)
+        save_json(os.path.join(self.out_dir, "summary.json"), summary)
+        return summary
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Process every pending image of the selection in batches; returns the rows and summary.
+
+        KeyboardInterrupt propagates after the summary is marked ``interrupted``; every file
+        written so far is complete (atomic writes), so a re-run resumes."""
+        opt = self.opt
+        for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
+            os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        if not opt.overwrite:
+            check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
+                                                         "metric_norm": opt.metric_norm}))
+            self.rows = {r["image"]: r for r in read_csv(os.path.join(self.out_dir, "metrics.csv")) if r.get("image")}
+        else:
+            self.rows = {}
+        selection = self.selection()
+        pending = [i for i in selection if not self.finished(i)]
+        if len(pending) < len(selection):
+            log.info("%d of %d images already done in %s (skipped; --overwrite redoes them)",
+                     len(selection) - len(pending), len(selection), self.out_dir)
+        self._write_summary(selection, "running")
+        batches = [pending[k:k + opt.batch_size] for k in range(0, len(pending), opt.batch_size)]
+        try:
+            for b, batch in enumerate(batches):
+                self._run_batch(batch, desc=f"batch {b + 1}/{len(batches)}")
+                self._write_rows()
+                self._write_summary(selection, "running")
+        except KeyboardInterrupt:
+            self._write_rows()
+            self._write_summary(selection, "interrupted")
+            raise
+        self._write_rows()
+        summary = self._write_summary(selection, "complete")
+        rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
+        return RunResult(rows=rows, summary=summary, out_dir=self.out_dir)
+
+    def _load(self, indices: Sequence[int]) -> tuple[list[int], list[torch.Tensor]]:
+        kept, images = [], []
+        for i in indices:
+            try:
+                images.append(self.dataset.load(i))
+                kept.append(i)
+            except UnreadableImageError as exc:
+                log.warning("skipping image %s: %s", image_name(i), exc)
+                self.rows[image_name(i)] = {"image": image_name(i), "status": STATUS_UNREADABLE}
+        return kept, images
+
+    def _png(self, sub: str, name: str, img: torch.Tensor) -> None:
+        save_png(os.path.join(self.out_dir, sub, name + ".png"), to_unit(img, self.opt.metric_norm))
+
+    def _recorder(self, names: Sequence[str]) -> Callable | None:
+        if not self.opt.record:
+            return None
+
+        def callback(i: int, t: int, x0_hat: torch.Tensor, residual: torch.Tensor) -> None:
+            if record_step(i):
+                for n, name in enumerate(names):
+                    self._png(os.path.join("progress", name), f"x_{i:04d}", x0_hat[n])
+        return callback
+
+    def _run_batch(self, indices: Sequence[int], desc: str) -> None:
+        indices, images = self._load(indices)
+        if not indices:
+            return
+        names = [image_name(i) for i in indices]
+        seed = self.opt.seed
+        x = torch.stack(images).to(self.device)
+        with torch.no_grad():
+            self.operator.draw(numpy_rngs(seed, indices, STREAM_OPERATOR), tuple(x.shape))
+            y = self.noiser(self.operator.forward(x), torch_generators(seed, indices, STREAM_NOISE))
+        generators = torch_generators(seed, indices, STREAM_SAMPLER)
+        x_T = randn(x.shape[1:], generators, device=self.device)
+        self._sync()
+        start = time.perf_counter()
+        result = self.sampler.sample(self.model, x_T, y, self.solver, generators, callback=self._recorder(names),
+                                     progress=self.opt.progress, desc=f"{desc} [{names[0]}..{names[-1]}]")
+        self._sync()
+        seconds = (time.perf_counter() - start) / len(indices)
+        x0 = result.x0.detach()
+        with torch.no_grad():
+            shown = self.operator.display(y)
+        ok = [n for n in range(len(indices)) if result.diverged_at[n] is None and bool(torch.isfinite(x0[n]).all())]
+        p = psnr(x0[ok], x[ok], self.opt.metric_norm) if ok else []
+        s = ssim(x0[ok], x[ok], self.opt.metric_norm) if ok else []
+        lp = self.lpips(x0[ok], x[ok], self.opt.metric_norm) if (ok and self.lpips) else [None] * len(ok)
+        scores = {n: (p[k], s[k], lp[k]) for k, n in enumerate(ok)}
+        for n, name in enumerate(names):
+            self._png("input", name, shown[n])
+            self._png("label", name, x[n])
+            params = self.operator.params(n)
+            if params is not None:
+                save_npy(os.path.join(self.out_dir, "params", name + ".npy"), params)
+            row = {"image": name, "seconds": f"{seconds:.3f}", "nfe": result.nfe}
+            if n in scores:
+                self._png("recon", name, x0[n])
+                pv, sv, lv = scores[n]
+                row.update(psnr=f"{pv:.4f}", ssim=f"{sv:.6f}", lpips="" if lv is None else f"{lv:.6f}",
+                           status=STATUS_OK)
+            else:
+                k = result.diverged_at[n]
+                row["status"] = f"diverged at step {k if k is not None else result.nfe}"
+                log.warning("image %s diverged at step %s; no reconstruction saved", name, row["status"].split()[-1])
+            self.rows[name] = row
+            if n in scores:
+                log.info("image %s: PSNR %.2f dB, SSIM %.4f%s, %.2f s", name, scores[n][0], scores[n][1],
+                         "" if scores[n][2] is None else f", LPIPS {scores[n][2]:.4f}", seconds)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

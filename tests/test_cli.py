@@ -1,0 +1,312 @@
+"""``python main.py`` end to end in a subprocess, with a tiny random-weight UNet (32 x 32, three
+steps): every task, the outputs and metrics, resuming, per-image seeding, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import (OPERATOR_DIR, REPO, TINY_DDIM, TINY_MODEL, assert_clean_failure, cli_env, make_images,
+                         read_rows, run_inproc, run_main, tiny_args)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img).copy()
+
+
+def check_outputs(out, n_images: int, record: bool = False) -> dict:
+    names = [f"{i:05d}" for i in range(n_images)]
+    for sub in ("input", "label", "recon"):
+        for name in names:
+            assert (out / sub / f"{name}.png").is_file(), (sub, name)
+    rows = read_rows(out / "metrics.csv")
+    assert [r["image"] for r in rows] == names
+    assert list(rows[0]) == ["image", "psnr", "ssim", "lpips", "seconds", "nfe", "status"]
+    for r in rows:
+        assert r["status"] == "ok"
+        assert np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1
+        assert r["lpips"] == ""          # no AlexNet weights in the private torch hub
+        assert int(r["nfe"]) == 3 and float(r["seconds"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["counts"]["ok"] == n_images
+    assert summary["metrics"]["psnr"]["n"] == n_images and summary["metrics"]["psnr"]["mean"] is not None
+    assert summary["metrics"]["lpips"]["mean"] is None
+    assert set(summary["configs"]) == {"model", "diffusion", "task"}
+    assert summary["seed"] == 22 and summary["device"] == "cpu" and "torch" in summary["versions"]
+    assert not list(out.rglob("*.tmp"))
+    if record:
+        for name in names:
+            assert sorted(p.name for p in (out / "progress" / name).iterdir()) == \
+                ["x_0000.png", "x_0001.png", "x_0002.png"]
+    return summary
+
+
+@pytest.mark.parametrize("task", ["gaussian_deblur", "motion_deblur", "super_resolution", "inpainting"])
+def test_every_task_end_to_end(tmp_path, task, monkeypatch, capsys):
+    """gaussian_deblur in a real subprocess, the others in-process (faster)."""
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    extra = ["--batch_size", "2"]
+    if task == "inpainting":
+        extra += ["--record", "--metric_norm", "minmax"]
+    if task == "gaussian_deblur":
+        proc = run_main(tiny_args(task, data, tmp_path / "out") + extra, tmp_path)
+    else:
+        proc = run_inproc(tiny_args(task, data, tmp_path / "out") + extra, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    out = tmp_path / "out" / OPERATOR_DIR[task]
+    summary = check_outputs(out, 2, record=task == "inpainting")
+    # the kernel or mask of each image
+    for name in ("00000", "00001"):
+        arr = np.load(out / "params" / f"{name}.npy")
+        if task == "inpainting":
+            assert arr.shape[-2:] == (32, 32) and set(np.unique(arr)) <= {0, 1}
+        else:
+            assert abs(arr.sum() - 1) < 1e-4
+    # super-resolution inputs are shown upsampled to the image size
+    assert pixels(out / "input" / "00000.png").shape[:2] == (32, 32)
+    assert pixels(out / "recon" / "00000.png").shape == (32, 32, 3)
+    # the final line: mean PSNR / SSIM / LPIPS and seconds per image
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "mean PSNR" in last and "SSIM" in last and "LPIPS n/a" in last and "s per image" in last
+    assert summary["metric_norm"] == ("minmax" if task == "inpainting" else "clip")
+    if task == "super_resolution":
+        assert summary["overrides"] == {"task.data.root": str(data),
+                                        "task.measurement.operator.in_shape": [1, 3, 32, 32]}
+
+
+@pytest.mark.parametrize("dps", [False, True], ids=["CoDPS", "DPS"])
+def test_ddpm_configs(tmp_path, dps, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = tiny_args("gaussian_deblur", data, tmp_path / "out", sampler="DDPM", dps=dps)
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = check_outputs(tmp_path / "out" / "gaussian_blur", 1)
+    assert summary["configs"]["task"]["conditioning"]["method"] == ("ps" if dps else "CoDPS")
+
+
+def test_results_do_not_depend_on_batch_size(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=3)
+    outs = []
+    for bs in (1, 2):
+        save = tmp_path / f"bs{bs}"
+        args = tiny_args("inpainting", data, save) + ["--batch_size", str(bs)]
+        proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(save / "inpainting")
+    for name in ("00000", "00001", "00002"):
+        for sub in ("recon", "input"):
+            a, b = pixels(outs[0] / sub / f"{name}.png"), pixels(outs[1] / sub / f"{name}.png")
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, (sub, name)
+        np.testing.assert_array_equal(np.load(outs[0] / "params" / f"{name}.npy"),
+                                      np.load(outs[1] / "params" / f"{name}.npy"))
+    # different images get different masks
+    assert not np.array_equal(np.load(outs[0] / "params" / "00000.npy"), np.load(outs[0] / "params" / "00001.npy"))
+
+
+def test_resume_redoes_only_missing_images(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=3)
+    args = tiny_args("gaussian_deblur", data, tmp_path / "out") + ["--batch_size", "2"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "gaussian_blur"
+    original = pixels(out / "recon" / "00001.png")
+    kept = {p: os.stat(p).st_mtime_ns for p in (out / "recon" / "00000.png", out / "recon" / "00002.png",
+                                                out / "label" / "00000.png")}
+    # simulate an interruption of image 00001: its reconstruction and row are gone
+    (out / "recon" / "00001.png").unlink()
+    rows = [r for r in read_rows(out / "metrics.csv") if r["image"] != "00001"]
+    with open(out / "metrics.csv", "w") as f:
+        f.write("image,psnr,ssim,lpips,seconds,nfe,status\n")
+        for r in rows:
+            f.write(",".join(r.values()) + "\n")
+    (out / "recon" / ".00003.png.abc.tmp").write_bytes(b"half")   # debris of a killed write
+    time.sleep(0.05)
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 of 3 images already done" in proc.stderr
+    for p, mtime in kept.items():
+        assert os.stat(p).st_mtime_ns == mtime, p
+    np.testing.assert_array_equal(pixels(out / "recon" / "00001.png"), original)
+    check_outputs(out, 3)
+    # --overwrite redoes everything
+    proc = run_inproc(args + ["--overwrite", "--num_images", "1"], tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.stat(out / "recon" / "00000.png").st_mtime_ns != kept[out / "recon" / "00000.png"]
+
+
+def test_resume_refuses_other_configs(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = tiny_args("inpainting", data, tmp_path / "out")
+    assert run_inproc(args, tmp_path, monkeypatch, capsys).returncode == 0
+    proc = run_inproc(args + ["task.conditioning.params.scale=0.1"], tmp_path, monkeypatch, capsys)
+    assert_clean_failure(proc, "different run", "task.conditioning.params.scale", "--overwrite")
+
+
+def test_interrupted_run_resumes(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, n=3)
+    args = tiny_args("inpainting", data, tmp_path / "out") + ["diffusion.timestep_respacing=ddim25"]
+    out = tmp_path / "out" / "inpainting"
+    proc = subprocess.Popen([sys.executable, "main.py", "--device", "cpu", *args], cwd=REPO, env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+
+    def first_done() -> bool:
+        return (out / "metrics.csv").exists() and len(read_rows(out / "metrics.csv")) >= 1
+
+    while not first_done() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "resume" in err and "Traceback" not in err
+    assert not list(out.rglob("*.tmp"))
+    done = read_rows(out / "metrics.csv")
+    assert 1 <= len(done) < 3
+    first = os.stat(out / "recon" / "00000.png").st_mtime_ns
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    proc = run_main(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.stat(out / "recon" / "00000.png").st_mtime_ns == first
+    assert len(read_rows(out / "metrics.csv")) == 3
+
+
+def test_unreadable_image_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    (data / "img_00b.png").write_bytes(b"not a png")
+    args = tiny_args("inpainting", data, tmp_path / "out") + ["--batch_size", "3"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot read image" in proc.stderr
+    out = tmp_path / "out" / "inpainting"
+    rows = {r["image"]: r["status"] for r in read_rows(out / "metrics.csv")}
+    assert rows == {"00000": "ok", "00001": "unreadable", "00002": "ok"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["unreadable"] == 1 and summary["unreadable"] == ["00001"]
+    assert summary["images"]["00001"] == "img_00b.png"
+    assert "1 unreadable" in proc.stdout
+
+
+def test_diverging_sample_is_recorded(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = tiny_args("inpainting", data, tmp_path / "out") + ["task.conditioning.params.scale=1e300"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "inpainting"
+    (row,) = read_rows(out / "metrics.csv")
+    assert row["status"].startswith("diverged at step ") and row["psnr"] == ""
+    assert json.loads((out / "summary.json").read_text())["counts"]["diverged"] == 1
+    # a diverged image counts as done: a re-run does not redo it
+    args = tiny_args("inpainting", data, tmp_path / "out") + ["task.conditioning.params.scale=1e300"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0 and "1 of 1 images already done" in proc.stderr
+
+
+def test_npz_data_and_grayscale_model(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "batch.npz", arr_0=rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
+    args = tiny_args("super_resolution", tmp_path / "batch.npz", tmp_path / "out") + [
+        "model.in_channels=1", "--num_images", "2", "--batch_size", "2"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("centre-cropping and resizing") == 1
+    out = tmp_path / "out" / "super_resolution"
+    assert pixels(out / "recon" / "00000.png").shape == (32, 32)
+    assert len(read_rows(out / "metrics.csv")) == 2
+
+
+# ---- bad input: one line on stderr, exit status 2, nothing written -----------------------------
+
+BAD_CASES = {
+    "missing config": (["--task_config", "configs/nope.yaml"], ["does not exist", "nope.yaml"]),
+    "unreadable config": (["--task_config", "configs"], ["cannot be read"]),
+    "unknown operator": (["task.measurement.operator.name=nope"], ["nope", "gaussian_blur", "inpainting"]),
+    "unknown noise": (["task.measurement.noise.name=nope"], ["nope", "gaussian"]),
+    "unknown solver": (["task.conditioning.method=nope"], ["nope", "CoDPS+", "DPS"]),
+    "unknown sampler": (["diffusion.sampler=nope"], ["nope", "ddpm", "ddim"]),
+    "missing checkpoint": (["model.model_path=ckpts/missing.pt"], ["ckpts/missing.pt"]),
+    "official checkpoint missing": (["model.model_path=ckpts/nowhere/ffhq_10m.pt"], ["drive.google.com"]),
+    "kernel larger than image": (["task.measurement.operator.kernel_size=61"], ["kernel"]),
+    "unknown model key": (["model.nope=1", "model.model_path=ckpts/missing.pt"], ["nope", "num_channels"]),
+    "unknown solver param": (["task.conditioning.params.nope=1"], ["nope", "scale", "t_div"]),
+    "unknown operator kwarg": (["task.measurement.operator.nope=1"], ["nope", "kernel_size"]),
+    "wrong type": (["task.conditioning.params.scale=abc", "model.model_path=ckpts/missing.pt"],
+                   ["scale", "expected a number"]),
+    "missing data root": (["task.data.root=/nonexistent/folder"], ["/nonexistent/folder"]),
+    "bad batch size": (["--batch_size", "0"], ["--batch_size"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    make_images(tmp / "data", n=1)
+    out = tmp / "out" / "gaussian_blur"
+    out.mkdir(parents=True)
+    (out / "metrics.csv").write_text("earlier results\n")
+    return tmp
+
+
+def check_untouched(tmp) -> None:
+    assert (tmp / "out" / "gaussian_blur" / "metrics.csv").read_text() == "earlier results\n"
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["gaussian_blur"]
+    assert sorted(p.name for p in (tmp / "out" / "gaussian_blur").iterdir()) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input(bad_setup, case, capsys, monkeypatch):
+    """In-process (fast): main.main returns 2 and prints one line on stderr."""
+    extra, needles = BAD_CASES[case]
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + extra
+    assert_clean_failure(run_inproc(args, bad_setup, monkeypatch, capsys), *needles)
+    check_untouched(bad_setup)
+
+
+@pytest.mark.parametrize("case", ["missing config", "missing checkpoint", "unknown operator"])
+def test_bad_input_subprocess(bad_setup, case):
+    """The same as a real process: exit status 2, one line, no traceback."""
+    extra, needles = BAD_CASES[case]
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + extra
+    assert_clean_failure(run_main(args, bad_setup, timeout=300), *needles)
+    check_untouched(bad_setup)
+
+
+def test_bad_input_empty_folder_and_mask_ratio(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    args = tiny_args("inpainting", tmp_path / "empty", tmp_path / "out")
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert_clean_failure(proc, "holds no", "empty")
+    make_images(tmp_path / "data", n=1)
+    args = tiny_args("inpainting", tmp_path / "data", tmp_path / "out") + [
+        "task.measurement.operator.mask_prob_range=[0.5, 1.5]"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert_clean_failure(proc, "mask_prob_range", "[0, 1]")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_flags(tmp_path):
+    proc = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--model_config", "--diffusion_config", "--task_config", "--save_dir", "--seed", "--device",
+                 "--gpu", "--batch_size", "--num_images", "--record", "--overwrite", "--metric_norm"):
+        assert flag in proc.stdout
+    assert TINY_MODEL and TINY_DDIM   # the tiny configs exist
+    assert (REPO / TINY_MODEL).is_file() and (REPO / TINY_DDIM).is_file()

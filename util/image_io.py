@@ -1,0 +1,115 @@
+"""Atomic writes of the run's outputs (PNG images, ``.npy`` kernels and masks, the metrics CSV,
+JSON summaries): each file is written to a temporary name in its folder and renamed over the
+target, so an interrupted run never leaves a half-written file."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``).
+
+    Creates the parent folder. On any error the temporary file is removed and ``path`` keeps its
+    previous content (or stays absent)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _atomic_via_buffer(path: str, write: Callable[[io.BytesIO], None]) -> None:
+    buf = io.BytesIO()
+    write(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def to_uint8_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Convert one image in [0, 1] to uint8 pixels for saving.
+
+    Args:
+        img: (C, H, W) tensor or array with C in {1, 3} (or (H, W)), values in [0, 1]; values
+            outside are clipped and NaN becomes 0.
+    Returns:
+        (H, W) uint8 for one channel, (H, W, 3) uint8 for three.
+    Raises:
+        ValueError for another shape or channel count.
+    """
+    arr = img.detach().float().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img, dtype=np.float32)
+    if arr.ndim == 3:
+        if arr.shape[0] not in (1, 3):
+            raise ValueError(f"expected 1 or 3 channels, got image of shape {arr.shape}")
+        arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    elif arr.ndim != 2:
+        raise ValueError(f"expected a (C, H, W) or (H, W) image, got shape {arr.shape}")
+    arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(path: str, img: torch.Tensor | np.ndarray) -> None:
+    """Save one image in [0, 1] ((C, H, W), C in {1, 3}) as an 8-bit PNG, atomically."""
+    pixels = to_uint8_image(img)
+    _atomic_via_buffer(path, lambda buf: Image.fromarray(pixels).save(buf, format="PNG"))
+
+
+def save_npy(path: str, array: np.ndarray | torch.Tensor) -> None:
+    """Save an array (e.g. a blur kernel (k, k) or a mask (C, H, W)) as ``.npy``, atomically."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    _atomic_via_buffer(path, lambda buf: np.save(buf, np.asarray(array), allow_pickle=False))
+
+
+def save_json(path: str, obj: Any) -> None:
+    """Save ``obj`` as indented JSON, atomically (tuples become lists; NaN becomes null)."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if np.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_csv(path: str, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` (dicts keyed by ``fieldnames``; missing entries empty) as CSV, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fieldnames})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    """Read a CSV with a header into a list of {column: text} rows; [] when the file is absent."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,148 @@
+"""Image quality metrics of a reconstruction against its reference: PSNR and SSIM
+(scikit-image) on images mapped to [0, 1], and LPIPS (AlexNet, the ``lpips`` package) when the
+AlexNet backbone weights are already in the torch hub cache, so nothing ever downloads.
+
+Two ways to map a model-scale image x in [-1, 1] to [0, 1]:
+
+- ``"clip"`` (default): (x + 1) / 2 clipped to [0, 1].
+- ``"minmax"``: every image stretched by its own min and max to [0, 1], as the paper's code does
+  (``clear_color``) before PSNR and before saving PNGs; use it to compare with the paper's numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+log = logging.getLogger(__name__)
+
+METRIC_NORMS = ("clip", "minmax")
+
+#: The smallest side LPIPS-AlexNet is run at; smaller images are upsampled (bilinear) to it.
+LPIPS_MIN_SIDE = 64
+
+
+def to_unit(x: torch.Tensor, norm: str = "clip") -> torch.Tensor:
+    """Map model-scale images to [0, 1] for metrics and PNGs.
+
+    Args:
+        x: (N, C, H, W) or (C, H, W), nominally in [-1, 1].
+        norm: "clip" ((x + 1) / 2 clipped) or "minmax" (each image stretched to [0, 1] by its own
+            min and max; a constant image maps to 0).
+    Returns:
+        float32 tensor of the same shape in [0, 1] on the CPU.
+    Raises:
+        ValueError for another ``norm``.
+    """
+    x = x.detach().float().cpu()
+    if norm == "clip":
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+    if norm == "minmax":
+        flat = x.reshape(x.shape[0], -1) if x.dim() == 4 else x.reshape(1, -1)
+        lo = flat.min(dim=1).values
+        span = (flat.max(dim=1).values - lo).clamp_min(1e-12)
+        shape = (-1, 1, 1, 1) if x.dim() == 4 else (1, 1, 1)
+        return ((x - lo.view(shape)) / span.view(shape)).clamp(0.0, 1.0)
+    raise ValueError(f"unknown metric normalisation {norm!r}; valid: {', '.join(METRIC_NORMS)}")
+
+
+def _hwc(img: torch.Tensor) -> np.ndarray:
+    return img.numpy().transpose(1, 2, 0).astype(np.float64)
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, norm: str = "clip") -> list[float]:
+    """PSNR in dB per image of ``x`` against ``ref``, both (N, C, H, W) in [-1, 1], computed on
+    [0, 1] images (see :func:`to_unit`) with ``skimage.metrics.peak_signal_noise_ratio``
+    (data_range 1). An identical pair gives inf."""
+    xs, rs = to_unit(x, norm), to_unit(ref, norm)
+    out = []
+    for a, b in zip(xs, rs):
+        with np.errstate(divide="ignore"):
+            out.append(float(peak_signal_noise_ratio(_hwc(b), _hwc(a), data_range=1.0)))
+    return out
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor, norm: str = "clip") -> list[float]:
+    """SSIM per image of ``x`` against ``ref``, both (N, C, H, W) in [-1, 1], on [0, 1] images with
+    ``skimage.metrics.structural_similarity`` (data_range 1, 7x7 window, or the largest odd
+    window that fits images smaller than 7 pixels; channels averaged)."""
+    xs, rs = to_unit(x, norm), to_unit(ref, norm)
+    side = min(xs.shape[-2:])
+    win = 7 if side >= 7 else max(1, side - (1 - side % 2))
+    out = []
+    for a, b in zip(xs, rs):
+        out.append(float(structural_similarity(_hwc(b), _hwc(a), data_range=1.0, channel_axis=-1, win_size=win)))
+    return out
+
+
+def alexnet_weights_path() -> str:
+    """Where torchvision keeps (and would download) the AlexNet weights that LPIPS uses:
+    ``<torch.hub.get_dir()>/checkpoints/alexnet-owt-7be5be79.pth`` (``$TORCH_HOME`` moves it)."""
+    from torchvision.models import AlexNet_Weights
+    name = os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", name)
+
+
+class LPIPSMetric:
+    """LPIPS distance (AlexNet, lpips v0.1) per image, or nothing when the backbone is missing.
+
+    The AlexNet backbone comes from the torch hub cache only: when :func:`alexnet_weights_path`
+    does not exist, ``available`` is False, ``__call__`` returns None for every image, and one
+    warning says how to enable the metric. ``lpips.LPIPS`` is only constructed once the file is
+    known to be there, so no download is ever attempted. The lpips linear-layer weights ship
+    inside the package.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.net = None
+        self.reason = ""
+        path = alexnet_weights_path()
+        if not os.path.isfile(path):
+            self.reason = (f"LPIPS column left empty: AlexNet weights not found at {path}. To enable it, run once "
+                           f"with network access: python -c \"import torchvision; "
+                           f"torchvision.models.alexnet(weights='IMAGENET1K_V1')\" (or copy the file there)")
+            log.warning(self.reason)
+            return
+        try:
+            import lpips  # imported lazily: it is slow to import
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                self.net = lpips.LPIPS(net="alex", verbose=False).to(self.device).eval()
+        except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
+            self.reason = f"LPIPS column left empty: could not set up LPIPS from {path}: {' '.join(str(exc).split())}"
+            log.warning(self.reason)
+            self.net = None
+
+    @property
+    def available(self) -> bool:
+        """True when LPIPS values are computed."""
+        return self.net is not None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, ref: torch.Tensor, norm: str = "clip") -> list[float | None]:
+        """LPIPS per image of ``x`` against ``ref``, both (N, C, H, W) in [-1, 1].
+
+        Images are normalised as for PSNR (:func:`to_unit`) and mapped back to [-1, 1]; one
+        channel is repeated to three; images with a side under :data:`LPIPS_MIN_SIDE` are
+        upsampled (bilinear) to it. Returns [None] * N when LPIPS is unavailable."""
+        if self.net is None:
+            return [None] * x.shape[0]
+        a = to_unit(x, norm) * 2.0 - 1.0
+        b = to_unit(ref, norm) * 2.0 - 1.0
+        if a.shape[1] == 1:
+            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
+        side = min(a.shape[-2:])
+        if side < LPIPS_MIN_SIDE:
+            size = tuple(int(round(s * LPIPS_MIN_SIDE / side)) for s in a.shape[-2:])
+            a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+            b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+        d = self.net(a.to(self.device), b.to(self.device))
+        return [float(v) for v in d.reshape(-1).cpu()]
