@@ -29,8 +29,9 @@ def _signature_keys(fn, exclude: tuple[str, ...] = ()) -> list[str]:
 
 
 def model_config_keys() -> list[str]:
-    """Keys a model config may hold (the keyword parameters of ``create_model``)."""
-    return _signature_keys(create_model, exclude=("device", "channels_last"))
+    """Keys a model config may hold (the keyword parameters of ``create_model``, ``channels_last``
+    included)."""
+    return _signature_keys(create_model, exclude=("device",))
 
 
 def diffusion_config_keys() -> list[str]:

@@ -10,6 +10,10 @@ Trailing ``section.key=value`` pairs override config entries (sections: model, d
 Bad input (a missing config, an unknown name or key, a missing checkpoint, an empty data folder,
 ...) prints one line on stderr and exits with status 2; an interrupted run exits with 130 and
 resumes when re-run.
+
+Several processes (GPUs, or CPU processes with gloo) split the images, image i going to rank i mod K:
+
+    torchrun --nproc_per_node=K main.py ...     (same arguments; --device cuda or auto on GPUs)
 """
 from __future__ import annotations
 
@@ -47,18 +51,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric_norm", choices=("clip", "minmax"), default="clip",
                         help="map images to [0, 1] for PSNR/SSIM/LPIPS and PNGs: clip (x+1)/2 (default) or minmax "
                              "per-image stretch (the paper's code)")
+    parser.add_argument("--dist_timeout", type=float, default=None,
+                        help="under torchrun: seconds a process waits for the others at start-up before giving "
+                             "up (default 1800)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 class BadInput(Exception):
     """A user error found before or while setting up the run (printed as one line, exit 2)."""
 
 
-def resolve_device(device: str, gpu: int | None) -> "torch.device":
-    """The torch device for ``--device`` / ``--gpu``. "auto" is cuda (``cuda:<gpu>``) when
-    available, else cpu. Raises BadInput for an unusable device."""
+def wants_cuda(device: str, gpu: int | None) -> bool:
+    """Whether ``--device`` / ``--gpu`` ask for a GPU (auto: when CUDA is available)."""
     import torch
+    if device == "auto":
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def resolve_device(device: str, gpu: int | None, local_rank: int | None = None) -> "torch.device":
+    """The torch device for ``--device`` / ``--gpu``. "auto" is cuda (``cuda:<gpu>``) when
+    available, else cpu. Under torchrun (``local_rank`` given) a GPU run uses ``cuda:<local_rank>``
+    and an explicit GPU index is refused. Raises BadInput for an unusable device."""
+    import torch
+    if local_rank is not None:
+        if gpu is not None or (device.startswith("cuda:")):
+            raise BadInput("under torchrun, use --device cuda (or auto): process r takes the GPU cuda:LOCAL_RANK; "
+                           "choose GPUs with CUDA_VISIBLE_DEVICES")
+        dev = resolve_device(device, None)
+        if dev.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise BadInput(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
+                               "use --nproc_per_node <= the number of GPUs")
+            return torch.device("cuda", local_rank)
+        return dev
     if gpu is not None and device == "auto":
         device = f"cuda:{gpu}"
         if not torch.cuda.is_available():
@@ -101,10 +130,12 @@ def _json_normalized(obj):
     return json.loads(json.dumps(_json_safe(obj)))
 
 
-def setup(args: argparse.Namespace):
+def setup(args: argparse.Namespace, local_rank: int | None = None):
     """Load and check everything from the arguments; returns (configs, applied overrides,
-    device, problem). Raises BadInput (or the config / data / component errors) on bad input."""
+    device, problem). ``local_rank``: this process's GPU index under torchrun (None: one
+    process). Raises BadInput (or the config / data / component errors) on bad input."""
     from builder import build_problem, diffusion_config_keys, model_config_keys
+    from guided_diffusion.unet import resolve_channels_last
     from util.config import apply_overrides, load_yaml
     for flag in ("batch_size", "num_images"):
         value = getattr(args, flag)
@@ -118,39 +149,68 @@ def setup(args: argparse.Namespace):
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
-    device = resolve_device(args.device, args.gpu)
+    device = resolve_device(args.device, args.gpu, local_rank)
+    resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
     problem = build_problem(configs, device, args.seed)
     return configs, applied, device, problem
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command-line job; returns the exit status (0, 2 bad input, 130 interrupted)."""
+    """Run the command-line job; returns the exit status (0, 2 bad input, 130 interrupted).
+
+    Under torchrun every process returns the same status for bad input (any process's error
+    stops all of them; only rank 0 prints it) and rank 0 prints the final line."""
     args = parse_args(argv)
     from util.logger import setup_logging
     log = setup_logging()
 
     from data.dataloader import DataError
+    from util import distributed
     from util.config import ConfigError
     bad_input = (BadInput, ConfigError, DataError, ValueError, TypeError, FileNotFoundError, PermissionError)
+    ctx = distributed.SINGLE
 
-    def fail(exc: BaseException) -> int:
+    def one_line(exc: BaseException) -> str:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in msg:
             msg = f"{msg}: {exc.filename}"
-        print(f"error: {msg}", file=sys.stderr)
+        return msg
+
+    def fail(msg: str) -> int:
+        if ctx.is_main:
+            print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     try:
-        configs, applied, device, problem = setup(args)
+        timeout = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
+        ctx = distributed.init(wants_cuda(args.device, args.gpu), timeout)
+    except (ValueError, distributed.DistributedError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if ctx.enabled:
+        setup_logging(tag=ctx.tag())
+    try:
+        return _run(args, ctx, log, bad_input, one_line, fail)
+    finally:
+        ctx.close()
+
+
+def _run(args, ctx, log, bad_input, one_line, fail) -> int:
+    """The body of :func:`main` once the process group (if any) is joined."""
+    from util.distributed import DistributedError, PeerFailed
+    error = None
+    try:
+        configs, applied, device, problem = setup(args, ctx.local_rank if ctx.enabled else None)
         import torch
         from builder import build_model
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric
         out_dir = os.path.join(args.save_dir, problem.operator.name)
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
-                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv or sys.argv[1:])}
+                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args))}
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
-                             record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm)
+                             record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
+                             progress=ctx.is_main)
         if not args.overwrite:   # fail before the model loads
             check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm})
         torch.manual_seed(args.seed)   # random-weight models (model_path "") are reproducible too
@@ -159,26 +219,47 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except bad_input as exc:
-        return fail(exc)
+        error = one_line(exc)
+    try:
+        failed = ctx.agree(error)
+    except DistributedError as exc:
+        return fail(one_line(exc))
+    if failed:
+        rank, msg = failed[0]
+        return fail(msg if rank == 0 or not ctx.enabled else f"process {rank}: {msg}")
 
-    log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps; %d images in %s",
+    log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps; %d images in %s%s",
              device, problem.operator.name, getattr(problem.noiser, "sigma", None),
              configs["task"]["conditioning"]["method"], problem.sampler.num_timesteps,
-             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset), configs["task"]["data"]["root"])
+             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset), configs["task"]["data"]["root"],
+             f"; {ctx.world_size} processes" if ctx.enabled else "")
     torch.backends.cudnn.benchmark = False
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device))
+                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device), dist=ctx)
     try:
         result = runner.run()
     except KeyboardInterrupt:
         print(f"interrupted; finished images are saved in {out_dir}; run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except PeerFailed:   # rank 0 printed why
+        return EXIT_BAD_INPUT
     except (RunConflict, PermissionError) as exc:   # e.g. a save_dir that cannot be written
-        return fail(exc)
-    print(final_line(result.summary), flush=True)
-    log.info("outputs in %s (metrics.csv, summary.json)", out_dir)
+        where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
+        print(f"error: {where}{one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DistributedError as exc:
+        print(f"error: process {ctx.rank}: {one_line(exc)}", file=sys.stderr)
+        return 1
+    if ctx.is_main:
+        print(final_line(result.summary), flush=True)
+        log.info("outputs in %s (metrics.csv, summary.json)", out_dir)
     return 0
+
+
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The command-line arguments of this run (as given), for summary.json."""
+    return list(getattr(args, "argv", None) or sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``)
 not depend on the batch size or on which images share a batch. An image is finished when its
 row is in ``metrics.csv`` and its reconstruction is on disk (or its row records a divergence);
 finished images are skipped unless ``overwrite``.
+
+Under ``torchrun`` (several processes, :mod:`util.distributed`) process r of K takes the images
+i with i mod K = r and writes their outputs and its rows to ``metrics.rank<r>.csv``; rank 0
+prepares the folder, waits for every rank, then merges the rows into ``metrics.csv`` and writes
+``summary.json``. Since every image has its own random streams, the outputs are the same as
+those of one process.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from data.dataloader import ImageDataset, UnreadableImageError
+from util.distributed import SINGLE, DistContext, PeerFailed, shard
 from util.image_io import read_csv, save_json, save_npy, save_png, write_csv
 from util.metrics import LPIPSMetric, psnr, ssim, to_unit
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
@@ -31,6 +38,10 @@ CSV_FIELDS = ("image", "psnr", "ssim", "lpips", "seconds", "nfe", "status")
 OUTPUT_DIRS = ("input", "label", "recon", "params")
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
+METRICS_CSV = "metrics.csv"
+#: Rows of process r of a multi-process run, merged into metrics.csv by rank 0 at the end (or by
+#: the next run, when the run was interrupted).
+RANK_CSV = "metrics.rank{rank}.csv"
 
 
 class RunConflict(ValueError):
@@ -145,6 +156,28 @@ def final_line(summary: dict) -> str:
             f"over {c['ok']} images{extra}")
 
 
+def rank_csv_files(out_dir: str) -> list[str]:
+    """Paths of the per-process ``metrics.rank<r>.csv`` files in ``out_dir``, sorted by rank."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = []
+    for name in os.listdir(out_dir):
+        stem = name[len("metrics.rank"):-len(".csv")] if name.startswith("metrics.rank") and name.endswith(".csv") \
+            else ""
+        if stem.isdigit():
+            found.append((int(stem), os.path.join(out_dir, name)))
+    return [path for _, path in sorted(found)]
+
+
+def read_all_rows(out_dir: str) -> dict[str, dict]:
+    """{image: row} of ``metrics.csv`` updated with the rows of every ``metrics.rank<r>.csv``
+    (rows of the per-process files are newer, so they win)."""
+    rows = {r["image"]: r for r in read_csv(os.path.join(out_dir, METRICS_CSV)) if r.get("image")}
+    for path in rank_csv_files(out_dir):
+        rows.update({r["image"]: r for r in read_csv(path) if r.get("image")})
+    return rows
+
+
 def remove_stale_temporaries(out_dir: str) -> int:
     """Delete temporary files (``.<name>.<random>.tmp``, see ``util.image_io``) that a killed run
     left under ``out_dir``; returns how many were removed."""
@@ -173,16 +206,20 @@ class Runner:
             ``configs`` with ``options.seed`` and ``metric_norm`` identify the run for resuming.
         device: where tensors go.
         lpips_metric: an :class:`util.metrics.LPIPSMetric` (None: the LPIPS column stays empty).
+        dist: this process's :class:`util.distributed.DistContext` (default: a single process).
     """
 
     def __init__(self, model: torch.nn.Module, sampler: Any, operator: Any, noiser: Any, solver: Any,
                  dataset: ImageDataset, out_dir: str, options: RunOptions, info: dict,
-                 device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None):
+                 device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None,
+                 dist: DistContext = SINGLE):
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
         self.device = torch.device(device)
         self.lpips = lpips_metric
+        self.dist = dist
         self.rows: dict[str, dict] = {}
+        self.new_rows: dict[str, dict] = {}   # rows this process wrote in this run
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def selection(self) -> list[int]:
@@ -201,16 +238,34 @@ class Runner:
         return status == STATUS_OK and os.path.isfile(os.path.join(self.out_dir, "recon", image_name(index) + ".png"))
 
     def _write_rows(self) -> None:
+        """One process: all rows to metrics.csv. Several: this process's new rows to its
+        metrics.rank<r>.csv (rank 0 merges them at the end)."""
+        if self.dist.enabled:
+            rows = sorted(self.new_rows.values(), key=lambda r: r["image"])
+            write_csv(os.path.join(self.out_dir, RANK_CSV.format(rank=self.dist.rank)), CSV_FIELDS, rows)
+            return
         rows = sorted(self.rows.values(), key=lambda r: r["image"])
-        write_csv(os.path.join(self.out_dir, "metrics.csv"), CSV_FIELDS, rows)
+        write_csv(os.path.join(self.out_dir, METRICS_CSV), CSV_FIELDS, rows)
+
+    def _merge_rows(self) -> None:
+        """Rank 0 (or a single process): read metrics.csv and every metrics.rank<r>.csv into
+        ``self.rows``, write them to metrics.csv and delete the per-process files."""
+        self.rows = read_all_rows(self.out_dir)
+        write_csv(os.path.join(self.out_dir, METRICS_CSV), CSV_FIELDS, sorted(self.rows.values(),
+                                                                           key=lambda r: r["image"]))
+        for path in rank_csv_files(self.out_dir):
+            os.remove(path)
 
     def _summary(self, selection: Sequence[int], status: str) -> dict:
+        if self.dist.enabled:   # rank 0's view of the other processes' progress
+            self.rows.update(read_all_rows(self.out_dir))
         rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
         summary = {"status": status, "operator": getattr(self.operator, "name", ""),
                    "num_images": len(selection), **summarize(rows)}
         summary["counts"]["pending"] = len(selection) - sum(self.finished(i) for i in selection)
         summary.update({"metric_norm": self.opt.metric_norm, "seed": self.opt.seed,
-                        "batch_size": self.opt.batch_size, "noise_sigma": getattr(self.noiser, "sigma", None)})
+                        "batch_size": self.opt.batch_size, "processes": self.dist.world_size,
+                        "noise_sigma": getattr(self.noiser, "sigma", None)})
         summary.update(self.info)
         summary["unreadable"] = [r["image"] for r in rows if r.get("status") == STATUS_UNREADABLE]
         summary["diverged"] = {r["image"]: r["status"] for r in rows if str(r.get("status", "")).startswith("diverged")}
@@ -223,11 +278,11 @@ class Runner:
         return summary
 
     # ---- the loop ----------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        """Process every pending image of the selection in batches; returns the rows and summary.
-
-        KeyboardInterrupt propagates after the summary is marked ``interrupted``; every file
-        written so far is complete (atomic writes), so a re-run resumes."""
+    def _prepare(self, selection: Sequence[int]) -> None:
+        """Rank 0 (or a single process), before any image: create the folders, remove debris of
+        a killed run, refuse a folder of another configuration (RunConflict), merge the rows of
+        an interrupted multi-process run into metrics.csv (or clear them with ``overwrite``)
+        and write summary.json with status ``running``."""
         opt = self.opt
         for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
             os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
@@ -235,26 +290,73 @@ class Runner:
         if not opt.overwrite:
             check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
                                                          "metric_norm": opt.metric_norm}))
-            self.rows = {r["image"]: r for r in read_csv(os.path.join(self.out_dir, "metrics.csv")) if r.get("image")}
+            if rank_csv_files(self.out_dir):
+                self._merge_rows()
+            self.rows = read_all_rows(self.out_dir)
         else:
             self.rows = {}
-        selection = self.selection()
-        pending = [i for i in selection if not self.finished(i)]
-        if len(pending) < len(selection):
-            log.info("%d of %d images already done in %s (skipped; --overwrite redoes them)",
-                     len(selection) - len(pending), len(selection), self.out_dir)
+            for path in rank_csv_files(self.out_dir):
+                os.remove(path)
+            if self.dist.enabled:
+                write_csv(os.path.join(self.out_dir, METRICS_CSV), CSV_FIELDS, [])
         self._write_summary(selection, "running")
+
+    def _start(self, selection: Sequence[int]) -> None:
+        """Rank 0 prepares the folder while the others wait; a failure there (RunConflict,
+        OSError) is raised on every rank, so that all of them stop."""
+        error: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                self._prepare(selection)
+            except (RunConflict, OSError) as exc:
+                error = exc
+        failed = self.dist.agree(None if error is None else " ".join(str(error).split()))
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerFailed(f"process {failed[0][0]} could not prepare {self.out_dir}: {failed[0][1]}")
+        if not self.dist.is_main:
+            self.rows = {} if self.opt.overwrite else read_all_rows(self.out_dir)
+
+    def run(self) -> RunResult:
+        """Process every pending image of the selection (of this process's share under
+        torchrun) in batches; returns the rows and summary (rank 0: of the whole selection;
+        other ranks: their own rows and an empty summary).
+
+        KeyboardInterrupt propagates after the rows are written and the summary is marked
+        ``interrupted``; every file written so far is complete (atomic writes), so a re-run
+        resumes. Raises RunConflict (another configuration's folder, or a failed rank 0),
+        OSError (an unwritable folder), util.distributed.PeerFailed (on the other ranks when rank 0
+        could not prepare the folder), util.distributed.DistributedError (another process died)."""
+        opt = self.opt
+        selection = self.selection()
+        self._start(selection)
+        mine = shard(selection, self.dist.rank, self.dist.world_size)
+        pending = [i for i in mine if not self.finished(i)]
+        if len(pending) < len(mine):
+            log.info("%d of %d images already done in %s (skipped; --overwrite redoes them)",
+                     len(mine) - len(pending), len(mine), self.out_dir)
+        if self.dist.enabled:
+            log.info("process %d of %d: %d of the %d images to do", self.dist.rank, self.dist.world_size,
+                     len(pending), len(selection))
         batches = [pending[k:k + opt.batch_size] for k in range(0, len(pending), opt.batch_size)]
         try:
             for b, batch in enumerate(batches):
                 self._run_batch(batch, desc=f"batch {b + 1}/{len(batches)}")
                 self._write_rows()
-                self._write_summary(selection, "running")
+                if self.dist.is_main:
+                    self._write_summary(selection, "running")
         except KeyboardInterrupt:
             self._write_rows()
-            self._write_summary(selection, "interrupted")
+            if self.dist.is_main:
+                self._write_summary(selection, "interrupted")
             raise
         self._write_rows()
+        self.dist.wait_for_all()
+        if not self.dist.is_main:
+            return RunResult(rows=list(self.new_rows.values()), summary={}, out_dir=self.out_dir)
+        if self.dist.enabled:
+            self._merge_rows()
         summary = self._write_summary(selection, "complete")
         rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
         return RunResult(rows=rows, summary=summary, out_dir=self.out_dir)
@@ -267,7 +369,8 @@ class Runner:
                 kept.append(i)
             except UnreadableImageError as exc:
                 log.warning("skipping image %s: %s", image_name(i), exc)
-                self.rows[image_name(i)] = {"image": image_name(i), "status": STATUS_UNREADABLE}
+                self.rows[image_name(i)] = self.new_rows[image_name(i)] = {"image": image_name(i),
+                                                                            "status": STATUS_UNREADABLE}
         return kept, images
 
     def _png(self, sub: str, name: str, img: torch.Tensor) -> None:
@@ -325,7 +428,7 @@ class Runner:
                 k = result.diverged_at[n]
                 row["status"] = f"diverged at step {k if k is not None else result.nfe}"
                 log.warning("image %s diverged at step %s; no reconstruction saved", name, row["status"].split()[-1])
-            self.rows[name] = row
+            self.rows[name] = self.new_rows[name] = row
             if n in scores:
                 log.info("image %s: PSNR %.2f dB, SSIM %.4f%s, %.2f s", name, scores[n][0], scores[n][1],
                          "" if scores[n][2] is None else f", LPIPS {scores[n][2]:.4f}", seconds)

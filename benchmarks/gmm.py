@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -41,7 +41,8 @@ from guided_diffusion.gaussian_diffusion import GaussianDiffusion, create_sample
 from guided_diffusion.gmm import GMMEpsilon, GMMPosterior, GaussianMixture, as_vectors, grid_mixture
 from operators import get_noise, get_operator
 from operators.dense import random_matrix
-from solvers import get_solver
+from solvers import Solver, get_solver
+from solvers.base import as_score_weight, compute_dtype, per_sample
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,14 @@ METHODS = (
     Method("CoDPS+ (auto)", "CoDPS+", dict(scale="auto", inv_var=1.0)),
     Method("DPS", "DPS", dict(scale=0.3)),
     Method("ΠGDM", "PiGDM", dict(scale=1.0)),
+    Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
 EXACT = "exact (2nd draw)"
 
-FULL = dict(dims=(8, 80, 800), ms=(1, 2, 4), sigmas=(0.01, 0.1, 1.0), samples=1000, projections=1000)
-QUICK = dict(dims=(8, 80), ms=(2,), sigmas=(0.1,), samples=250, projections=200)
+#: ``ddpm_sigmas``: the σ_y at which DDPM 1000 runs (it costs ten times DDIM 100; None = all).
+FULL = dict(dims=(8, 80, 800), ms=(1, 2, 4), sigmas=(0.01, 0.1, 1.0), samples=1000, projections=1000,
+            ddpm_sigmas=(0.1,))
+QUICK = dict(dims=(8, 80), ms=(2,), sigmas=(0.1,), samples=200, projections=200, ddpm_sigmas=None)
 CSV_FIELDS = ("d", "m", "sigma_y", "sampler", "nfe", "method", "solver", "params", "samples", "diverged",
               "sw", "mean_err", "weight_tv", "seconds")
 
@@ -178,6 +182,36 @@ def score(problem: Problem, x: torch.Tensor, reference: torch.Tensor, directions
 # Running the samplers
 # --------------------------------------------------------------------------------------------
 
+class ExactLikelihoodStep(Solver):
+    """Oracle step: x_{t-1} = x' + w_t ∇_{x_t} log p(y | x_t) with the exact Gaussian-mixture
+    likelihood (:meth:`GaussianMixture.measurement_log_likelihood`) and the sampler's weight w_t
+    (``score_weight``, as ``scale: auto``). Its samples differ from the exact posterior only by
+    the sampler's discretisation: the ceiling for every approximate likelihood. Not registered
+    (it needs the prior); ``needs_grad`` only so that the sampler leaves autograd on."""
+
+    needs_grad = True
+    uses_score_weight = True
+    params: dict = {}
+    names = ("oracle",)
+
+    def __init__(self, prior: GaussianMixture, A: np.ndarray, y: torch.Tensor, sigma: float) -> None:
+        super().__init__(None, None)
+        self.prior, self.A, self.y, self.sigma = prior, A, y, float(sigma)
+
+    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: Any, t: int,
+                 alpha_bar: torch.Tensor, score_weight: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_{t-1} (N, d, 1, 1), zeros (N,)); ``y`` is ignored (the problem's y is used)."""
+        dtype = compute_dtype(x_prev)
+        w = as_score_weight(score_weight, x_prev.shape[0], dtype, x_prev.device, "oracle")
+        with torch.enable_grad():
+            x = as_vectors(x_t.detach()).double().requires_grad_(True)
+            ll = self.prior.measurement_log_likelihood(x, float(alpha_bar.reshape(-1)[0]), self.A, self.y, self.sigma)
+            (grad,) = torch.autograd.grad(ll.sum(), x)
+        x_next = x_prev.detach().to(dtype) + per_sample(w, x_prev) * grad.reshape(x_prev.shape).to(dtype)
+        return x_next.to(x_prev.dtype), torch.zeros(x_prev.shape[0], dtype=dtype)
+
+
 def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsilon, method: Method,
                   n: int, seed: int) -> tuple[torch.Tensor, list]:
     """n posterior samples (n, d) of ``method`` on ``problem`` (diverged samples as nan) and the
@@ -186,7 +220,10 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
     d = problem.dim
     operator = get_operator("dense", matrix=problem.A, input_shape=(d, 1, 1))
     noiser = get_noise("gaussian", sigma=problem.sigma)
-    solver = get_solver(method.solver, operator, noiser, **method.params)
+    if method.solver == "oracle":
+        solver = ExactLikelihoodStep(problem.prior, problem.A, problem.y, problem.sigma)
+    else:
+        solver = get_solver(method.solver, operator, noiser, **method.params)
     gens = torch_generators(seed, range(n), STREAM_SAMPLER)
     x_T = randn((d, 1, 1), gens)
     y = problem.y.float().reshape(1, -1, 1, 1).expand(n, -1, 1, 1).contiguous()
@@ -199,10 +236,12 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
 
 def run(dims: Sequence[int], ms: Sequence[int], sigmas: Sequence[float], samples: int, projections: int,
         seed: int = 0, methods: Sequence[Method] = METHODS, samplers: Sequence[str] = tuple(SAMPLERS),
+        ddpm_sigmas: Optional[Sequence[float]] = None,
         report: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Run the grid; returns one dict per (problem, sampler, method) with the CSV fields, plus
     an ``exact`` row per problem. The prior (``none``) is sampled once per (d, sampler) and scored
-    on every problem of that d. ``report(row)`` is called after each row (progress)."""
+    on every problem of that d. DDPM samplers run only at the σ_y in ``ddpm_sigmas`` (None: all).
+    ``report(row)`` is called after each row (progress)."""
     rows: list[dict] = []
     for d in dims:
         model = GMMEpsilon.from_schedule(grid_mixture(d, seed=seed), DIFFUSION["noise_schedule"], DIFFUSION["steps"])
@@ -221,6 +260,9 @@ def run(dims: Sequence[int], ms: Sequence[int], sigmas: Sequence[float], samples
                 if report:
                     report(row)
                 for sampler_label in samplers:
+                    if (SAMPLERS[sampler_label]["sampler"] == "ddpm" and ddpm_sigmas is not None
+                            and not any(math.isclose(sigma, s) for s in ddpm_sigmas)):
+                        continue
                     diffusion = create_sampler(**DIFFUSION, **SAMPLERS[sampler_label])
                     for method in methods:
                         if sampler_label not in method.samplers:
@@ -258,9 +300,10 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def summary_table(rows: Sequence[dict]) -> str:
-    """Markdown table: per (sampler, method), the median over the (m, σ_y) problems of each
-    metric, one column group per d, and the diverged-sample total."""
+def summary_table(rows: Sequence[dict], sigma: float) -> str:
+    """Markdown table for one σ_y: per (sampler, method), the median over m of each metric, one
+    column group per d, and the diverged-sample total."""
+    rows = [r for r in rows if math.isclose(r["sigma_y"], sigma)]
     dims = sorted({r["d"] for r in rows})
     order: list[tuple[str, str]] = []
     for r in rows:
@@ -317,12 +360,15 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, s
     md = (f"# Gaussian-mixture posterior benchmark\n\n"
           f"Made by `{command}` in {elapsed / 60:.1f} min ({settings['threads']} CPU thread(s), "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}).\n\n"
-          f"Settings: d ∈ {list(settings['dims'])}, m ∈ {list(settings['ms'])}, σ_y ∈ {list(settings['sigmas'])}, "
+          f"Settings: d ∈ {list(settings['dims'])}, m ∈ {list(settings['ms'])}, "
+          f"σ_y ∈ {list(settings['sigmas'])}, "
           f"{settings['samples']} samples per method, {settings['projections']} projections for the sliced "
-          f"Wasserstein-2 distance, seed {settings['seed']}.\n\n"
+          f"Wasserstein-2 distance, seed {settings['seed']}; DDPM 1000 at σ_y ∈ "
+          f"{'all' if settings.get('ddpm_sigmas') is None else list(settings['ddpm_sigmas'])}.\n\n"
           f"Methods:\n{methods}\n\n"
-          f"## Summary (median over the (m, σ_y) problems of each d)\n\n{summary_table(rows)}\n\n"
-          f"## Every problem\n\n{full_table(rows)}\n")
+          + "".join(f"## σ_y = {sg:g} (median over m ∈ {list(settings['ms'])})\n\n{summary_table(rows, sg)}\n\n"
+                    for sg in sorted({r["sigma_y"] for r in rows}))
+          + f"## Every problem\n\n{full_table(rows)}\n")
     md_path = os.path.join(out_dir, stem + ".md")
     _atomic_write(md_path, md)
     return csv_path, md_path
@@ -333,13 +379,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gmm",
                                 description="Every solver against the exact posterior of a 25-component "
                                             "Gaussian mixture prior.")
-    p.add_argument("--quick", action="store_true", help="CI-sized grid (d 8, 80; m 2; σ_y 0.1; 250 samples)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI-sized grid (d 8, 80; m 2; σ_y 0.1; 200 samples; both samplers)")
     p.add_argument("--dims", type=int, nargs="+", help="override the dimensions d")
     p.add_argument("--ms", type=int, nargs="+", help="override the measurement counts m")
     p.add_argument("--sigmas", type=float, nargs="+", help="override the noise levels σ_y")
     p.add_argument("--samples", type=int, help="posterior samples per method")
     p.add_argument("--projections", type=int, help="random directions of the sliced Wasserstein distance")
     p.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="subset of the samplers")
+    p.add_argument("--ddpm-sigmas", type=float, nargs="+", dest="ddpm_sigmas",
+                   help="σ_y at which DDPM 1000 runs (full default: 0.1 only; give all three for the whole grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -353,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     settings = dict(QUICK if args.quick else FULL)
-    for key in ("dims", "ms", "sigmas", "samples", "projections"):
+    for key in ("dims", "ms", "sigmas", "samples", "projections", "ddpm_sigmas"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings.update(seed=args.seed, threads=args.threads)
@@ -363,18 +412,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
 
     def report(row: dict) -> None:
-        print(f"d={row['d']:<4} m={row['m']} σ_y={row['sigma_y']:<5g} {row['sampler']:<9} {row['method']:<16} "
+        print(f"d={row['d']:<4} m={row['m']} σ_y={row['sigma_y']:<5g} {row['sampler']:<9} {row['method']:<20} "
               f"SW {_fmt(row['sw']):>7}  mean err {_fmt(row['mean_err']):>7}  TV {_fmt(row['weight_tv']):>6}  "
               f"diverged {row['diverged']:<4} {row['seconds']:.1f}s  [{(time.perf_counter() - start) / 60:.1f} min]",
               flush=True)
 
     rows = run(settings["dims"], settings["ms"], settings["sigmas"], settings["samples"], settings["projections"],
-               seed=args.seed, samplers=samplers, report=report)
+               seed=args.seed, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"], report=report)
     elapsed = time.perf_counter() - start
     stem = args.name or ("gmm_quick" if args.quick else "gmm")
     csv_path, md_path = write_results(rows, args.out, stem, command, settings, elapsed)
-    print()
-    print(summary_table(rows))
+    for sg in sorted({r["sigma_y"] for r in rows}):
+        print(f"\nσ_y = {sg:g} (median over m)\n{summary_table(rows, sg)}")
     print(f"\nwrote {csv_path} and {md_path} in {elapsed / 60:.1f} min")
     return 0
 

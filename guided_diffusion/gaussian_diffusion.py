@@ -214,6 +214,19 @@ class GaussianDiffusion:
         """ᾱ_t of the respaced process for indices t (N,), float32 (N,)."""
         return torch.from_numpy(self.alphas_cumprod).to(t.device)[t].float()
 
+    def score_weights(self) -> np.ndarray:
+        """(num_timesteps,) float64 w_t: adding w_t · G to the proposal x' of step t is the same as
+        giving the proposal the score ∇ log p_t(x_t) + G (ε̂ → ε̂ − √(1 − ᾱ_t) G). Implemented
+        by the DDPM and DDIM samplers; derivation in :mod:`solvers.codps`."""
+        raise NotImplementedError
+
+    def score_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """w_t of :meth:`score_weights` for respaced indices t (N,), float32 (N,); passed to
+        solvers with ``uses_score_weight`` (``scale: auto``, ΠGDM)."""
+        if getattr(self, "_score_weights", None) is None:
+            self._score_weights = torch.from_numpy(self.score_weights()).float()
+        return self._score_weights.to(t.device)[t]
+
     def sample(self, model: Callable, x_T: torch.Tensor, y: Optional[torch.Tensor], solver,
                generators: Sequence[torch.Generator], callback: Optional[Callable] = None,
                progress: bool = True, desc: str = "") -> SampleResult:
@@ -221,8 +234,9 @@ class GaussianDiffusion:
 
         Per respaced step t = T−1..0: one network call gives x0_hat and the unconditional
         proposal x' (:meth:`proposal`); ``solver(x_t, x', x0_hat, y, t, alpha_bar)`` returns
-        (x_{t-1}, residual (N,)). Solvers with ``needs_grad`` (DPS) get x_t with a graph through
-        the network; the others run under ``torch.inference_mode()``.
+        (x_{t-1}, residual (N,)). Solvers with ``needs_grad`` (DPS, ΠGDM) get x_t with a graph
+        through the network; the others run under ``torch.inference_mode()``. Solvers with
+        ``uses_score_weight`` also get the keyword ``score_weight=`` :meth:`score_weight` (N,).
 
         Args:
             model: ε-network ``model(x (N,C,H,W), timesteps (N,))``.
@@ -239,6 +253,7 @@ class GaussianDiffusion:
         if len(generators) != n:
             raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {n}")
         needs_grad = bool(getattr(solver, "needs_grad", False))
+        uses_weight = bool(getattr(solver, "uses_score_weight", False))
         diverged: list = [None] * n
         alive = torch.ones(n, dtype=torch.bool, device=x_T.device)
         x = x_T.detach().float()
@@ -249,16 +264,17 @@ class GaussianDiffusion:
             for i, t in enumerate(bar):
                 t_batch = torch.full((n,), t, device=x.device, dtype=torch.long)
                 noise = randn(x.shape[1:], generators, device=x.device) if t > 0 else torch.zeros_like(x)
+                kw = {"score_weight": self.score_weight(t_batch)} if uses_weight else {}
                 if needs_grad:
                     x_in = x.detach().requires_grad_(True)
                     out = self.p_mean_variance(model, x_in, t_batch)
                     x_prop = self.proposal({k: v.detach() for k, v in out.items()}, x_in.detach(), t_batch, noise)
-                    x_next, residual = solver(x_in, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch))
+                    x_next, residual = solver(x_in, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch), **kw)
                     x0_hat = out["pred_xstart"].detach()
                 else:
                     out = self.p_mean_variance(model, x, t_batch)
                     x_prop = self.proposal(out, x, t_batch, noise)
-                    x_next, residual = solver(x, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch))
+                    x_next, residual = solver(x, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch), **kw)
                     x0_hat = out["pred_xstart"]
                 x = x_next.detach()
                 finite = torch.isfinite(x.reshape(n, -1)).all(dim=1)
@@ -285,6 +301,11 @@ class DDPMSampler(GaussianDiffusion):
     def proposal(self, out, x, t, noise):  # noqa: D102
         return out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise
 
+    def score_weights(self) -> np.ndarray:
+        """w_t = β_t / √α_t (α_t = 1 − β_t of the respaced process): the posterior-mean
+        coefficient of x0_hat, β_t √ᾱ_{t-1} / (1 − ᾱ_t), times (1 − ᾱ_t) / √ᾱ_t."""
+        return self.betas / np.sqrt(1.0 - self.betas)
+
 
 class DDIMSampler(GaussianDiffusion):
     """DDIM update (Song et al. 2021, eq. 12) with σ_t = η √((1−ᾱ_{t-1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1}):
@@ -297,6 +318,13 @@ class DDIMSampler(GaussianDiffusion):
         if not isinstance(eta, (int, float)) or eta < 0:
             raise ValueError(f"diffusion config: eta must be a number >= 0, got {eta!r}")
         self.eta = float(eta)
+
+    def score_weights(self) -> np.ndarray:
+        """w_t = √ᾱ_{t-1} (1 − ᾱ_t) / √ᾱ_t − √((1 − ᾱ_{t-1} − σ_t²)(1 − ᾱ_t)), σ_t as in
+        :meth:`proposal` (= β_t / √α_t for η = 1)."""
+        a, a_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        sigma2 = self.eta ** 2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        return np.sqrt(a_prev) * (1 - a) / np.sqrt(a) - np.sqrt(np.clip(1 - a_prev - sigma2, 0, None) * (1 - a))
 
     def proposal(self, out, x, t, noise):  # noqa: D102
         nd = x.dim()

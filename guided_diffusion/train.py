@@ -36,7 +36,7 @@ TRAIN_DEFAULTS = {
     "batch_size": 64,
     "lr": 2e-4,
     "weight_decay": 0.0,
-    "ema_rate": 0.999,
+    "ema_rate": 0.999,        # EMA decay, reached after a warm-up of (1 + step) / (10 + step)
     "steps": 1000,            # total optimisation steps
     "warmup": 100,            # linear learning-rate warm-up steps
     "grad_clip": 1.0,
@@ -90,13 +90,14 @@ def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool 
         torch.set_num_threads(int(cfg["num_threads"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_cfg = {k: v for k, v in model_cfg.items() if k != "model_path"}
-    model = create_model(**model_cfg, device=device, channels_last=bool(cfg["channels_last"])).train()
+    with torch.random.fork_rng(devices=[]):   # seeded initial weights, global RNG state left as it was
+        torch.manual_seed(int(cfg["seed"]))
+        model = create_model(**model_cfg, device=device, channels_last=bool(cfg["channels_last"])).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     diffusion = create_sampler(**diffusion_cfg)
     data = load_training_images(cfg["data"], model.image_size, model.in_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
-    torch.manual_seed(int(cfg["seed"]))  # dropout masks only; data, t and noise use `gen`
     os.makedirs(cfg["out_dir"], exist_ok=True)
     ckpt_path = os.path.join(cfg["out_dir"], "checkpoint.pt")
     ema_path = os.path.join(cfg["out_dir"], "ema.pt")
@@ -147,7 +148,9 @@ def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool 
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
         opt.step()
         with torch.no_grad():
-            rate = float(cfg["ema_rate"])
+            # EMA with warm-up: decay min(ema_rate, (1 + step) / (10 + step)), so that the
+            # random initial weights do not linger in a short run.
+            rate = min(float(cfg["ema_rate"]), (1.0 + step) / (10.0 + step))
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.mul_(rate).add_(p.detach(), alpha=1 - rate)
         step += 1
@@ -178,11 +181,7 @@ def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool 
 
 def main(argv=None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    import yaml
-
-    def load_yaml(path):
-        with open(path) as f:
-            return yaml.safe_load(f)
+    from util.config import load_yaml, parse_value  # the CLI's safe loader and scalar parsing
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="train config YAML (model / diffusion / train sections)")
     p.add_argument("overrides", nargs="*", help="train.steps=10 style overrides of the train section")
@@ -198,8 +197,7 @@ def main(argv=None) -> int:
             key, sep, value = ov.partition("=")
             if not sep or not key.startswith("train."):
                 raise ValueError(f"override {ov!r} must look like train.<key>=<value>")
-            import yaml
-            train_cfg[key[len("train."):]] = yaml.safe_load(value)
+            train_cfg[key[len("train."):]] = parse_value(value)
         result = train(model_cfg, dict(cfg.get("diffusion") or {}), train_cfg)
     except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Linear measurement operators y = A x (blur, super-resolution, inpainting, identity) and
+"""Linear measurement operators y = A x (blur, super-resolution, inpainting, identity, dense) and
 measurement noise models, chosen by name from configs through two small registries.
 
 Example:
@@ -8,7 +8,7 @@ Example:
 """
 from .base import (LinearOperator, get_noise, get_operator, list_noises, list_operators, register_noise,
                    register_operator)
-from . import blur, inpainting, noise, super_resolution  # noqa: F401  (register the operators)
+from . import blur, dense, inpainting, noise, super_resolution  # noqa: F401  (register the operators)
 
 __all__ = ["LinearOperator", "register_operator", "get_operator", "list_operators",
            "register_noise", "get_noise", "list_noises"]

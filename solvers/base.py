@@ -98,9 +98,10 @@ class Param:
 
     Attributes:
         default: value used when the parameter is not given.
-        kind: ``"bool"`` (a real ``bool``), ``"nonneg"`` (finite real >= 0) or ``"positive"``
-            (finite real > 0). Numbers are stored as ``float``; strings such as ``"1e3"`` are
-            rejected rather than converted.
+        kind: ``"bool"`` (a real ``bool``), ``"nonneg"`` (finite real >= 0), ``"positive"``
+            (finite real > 0) or ``"nonneg_or_auto"`` (finite real >= 0, or the string
+            ``"auto"``, kept as is). Numbers are stored as ``float``; other strings such as
+            ``"1e3"`` are rejected rather than converted.
         doc: one line for error messages and documentation.
     """
 
@@ -112,7 +113,8 @@ class Param:
         """Validate ``value`` for parameter ``name`` of solver ``owner``.
 
         Returns:
-            ``bool`` for kind ``"bool"``, else ``float``.
+            ``bool`` for kind ``"bool"``, ``"auto"`` for kind ``"nonneg_or_auto"`` given
+            ``"auto"``, else ``float``.
 
         Raises:
             ValueError: wrong type, not finite, negative, or zero where positive is required.
@@ -122,12 +124,15 @@ class Param:
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{where} must be true or false, got {value!r}")
             return bool(value)
+        if self.kind == "nonneg_or_auto" and isinstance(value, str) and value == "auto":
+            return "auto"
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+            extra = " or 'auto'" if self.kind == "nonneg_or_auto" else ""
+            raise ValueError(f"{where} must be a number{extra}, got {value!r} ({type(value).__name__})")
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"{where} must be finite, got {value!r}")
-        if self.kind == "nonneg" and value < 0:
+        if self.kind in ("nonneg", "nonneg_or_auto") and value < 0:
             raise ValueError(f"{where} must be >= 0, got {value!r}")
         if self.kind == "positive" and value <= 0:
             raise ValueError(f"{where} must be > 0, got {value!r}")
@@ -152,6 +157,10 @@ class Solver:
         y: measurement, shape of ``operator.forward(x)`` (e.g. (N, C, h, w)).
         t: int, respaced step index counting down to 0 (shared by the batch).
         alpha_bar: (N,) float tensor, ᾱ_t of the respaced process at this step, in (0, 1).
+        score_weight: only passed (as a keyword) to solvers whose ``uses_score_weight`` is
+            True: (N,) float tensor, the sampler's weight w_t such that adding
+            w_t · ∇_{x_t} log p(y | x_t) to its proposal gives the proposal of the conditional
+            score ∇ log p_t(x_t) + ∇ log p(y | x_t) (see ``GaussianDiffusion.score_weight``).
 
     Returns (of ``__call__``):
         x_next: (N, C, H, W) corrected x_{t-1}, detached, dtype of ``x_prev``.
@@ -162,11 +171,15 @@ class Solver:
             then pass ``x_t`` with ``requires_grad=True`` and keep the graph to ``x0_hat``).
         params: ``{name: Param}``, the only keyword parameters the constructor accepts.
         names: the registered names (set by :func:`register_solver`).
+        uses_score_weight: True when the step needs the sampler's ``score_weight`` keyword
+            (may be set per instance, e.g. by ``scale: auto``); the sampler passes it only then,
+            so solvers with the plain six-argument call keep working.
 
     Computation is float64 when ``x_prev`` is float64, else float32 (FFT maths stays fp32).
     """
 
     needs_grad: ClassVar[bool] = False
+    uses_score_weight: bool = False
     params: ClassVar[dict[str, Param]] = {}
     names: ClassVar[tuple[str, ...]] = ()
 
@@ -190,7 +203,8 @@ class Solver:
             setattr(self, name, spec.parse(owner, name, params.get(name, spec.default)))
 
     def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """One data-consistency step; see the class docstring for shapes."""
         raise NotImplementedError
 
@@ -261,6 +275,28 @@ def as_alpha_bar(alpha_bar: Any, n: int, dtype: torch.dtype, device: torch.devic
     return a
 
 
+def as_score_weight(score_weight: Any, n: int, dtype: torch.dtype, device: torch.device, owner: str) -> torch.Tensor:
+    """The sampler's likelihood-score weight w_t as an (n,) tensor of ``dtype`` on ``device``.
+
+    Args:
+        score_weight: (n,) tensor, a 0-dim tensor or a python number, or None.
+        owner: the solver's name, for the error message.
+
+    Raises:
+        ValueError: None (the solver was called without the sampler's ``score_weight``), or a
+            tensor whose shape is neither (n,) nor scalar.
+    """
+    if score_weight is None:
+        raise ValueError(f"solver {owner!r} needs the sampler's score_weight (scale: auto / ΠGDM); call it "
+                         "through GaussianDiffusion.sample or pass score_weight=sampler.score_weight(t)")
+    w = torch.as_tensor(score_weight, dtype=dtype, device=device)
+    if w.dim() == 0:
+        return w.expand(n)
+    if w.shape != (n,):
+        raise ValueError(f"score_weight must have shape ({n},) (one value per sample), got {tuple(w.shape)}")
+    return w
+
+
 @register_solver("none", "vanilla")
 class NoCorrection(Solver):
     """No data consistency: x_{t-1} = x'_{t-1} (unconditional sampling).
@@ -273,7 +309,8 @@ class NoCorrection(Solver):
     params = {}
 
     def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor | None,
-                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x_prev detached, residual (N,)); see :class:`Solver` for shapes."""
         if self.operator is None or y is None:
             residual = torch.zeros(x_prev.shape[0], dtype=compute_dtype(x_prev), device=x_prev.device)

@@ -12,6 +12,30 @@ q(x_t | x_0) = N(√ᾱ x_0, (1 - ᾱ) I):
 
 As in the paper's code the step is applied to, and μ is formed from, the sampler's proposal x'
 (x'_{t-1} with ᾱ = ᾱ_t of the respaced process).
+
+``scale: auto`` — the step weight that adds exactly the likelihood score. Both samplers'
+proposals x' are functions of ε̂ = −√(1-ᾱ_t) ∇ log p_t(x_t). Sampling the posterior needs the
+conditional score ∇ log p_t(x_t | y) = ∇ log p_t(x_t) + G, G = ∇_{x_t} log p(y | x_t), i.e. ε̂
+replaced by ε̂ − √(1-ᾱ_t) G. Tweedie's x0_hat = (x_t − √(1-ᾱ_t) ε̂)/√ᾱ_t then moves by
+(1-ᾱ_t)/√ᾱ_t · G and the proposal by w_t · G, with (α_t = ᾱ_t/ᾱ_{t-1}, β_t = 1 − α_t of the
+respaced process):
+
+    DDPM (Ho et al. 2020, eqs. 6-7: mean c1 x0_hat + c2 x_t, c1 = β_t √ᾱ_{t-1} / (1-ᾱ_t)):
+        w_t = c1 (1-ᾱ_t)/√ᾱ_t = β_t / √α_t
+    DDIM (Song et al. 2021, eq. 12: x' = √ᾱ_{t-1} x0_hat + √(1-ᾱ_{t-1}-σ_t²) ε̂ + σ_t z):
+        w_t = √ᾱ_{t-1} (1-ᾱ_t)/√ᾱ_t − √((1-ᾱ_{t-1}-σ_t²)(1-ᾱ_t))
+        (= β_t/√α_t for η = 1, where σ_t² = β_t (1-ᾱ_{t-1})/(1-ᾱ_t); (1-ᾱ_0)/√ᾱ_0 at t = 0)
+
+The sampler computes w_t (``GaussianDiffusion.score_weight``) and passes it as the keyword
+``score_weight``. Under CoDPS's Gaussian model, log p(y | x_t) ≈ log N(y; A E[x_0|x_t], C) with
+E[x_0|x_t] = x0_hat and ∂E[x_0|x_t]/∂x_t = J I, so G = J Aᵀ C⁻¹ (y − A x0_hat) = J g, which is
+exactly CoDPS+'s correction direction: with s = w_t the corrected proposal is the proposal of the
+conditional score. For a Gaussian prior N(m, λ⁻¹ I) with ``inv_var`` = λ this is exact (the
+model's E[x_0|x_t], r² and J are then the true ones), so CoDPS+ samples the true posterior up to
+the sampler's discretisation error. CoDPS's direction r²√ᾱ/(1-ᾱ) Aᵀ C⁻¹ (y − A μ) is the
+gradient of the same Gaussian log-likelihood (r²√ᾱ/(1-ᾱ) = J) evaluated at the proposal x'
+(μ formed from x') instead of at x_t; it uses the same w_t. With ``auto`` the correction is also
+applied at t = 0 (w_0 is the exact weight there) and ``t_div`` / ``div_ratio`` are not used.
 """
 from __future__ import annotations
 
@@ -21,14 +45,16 @@ from typing import Any
 
 import torch
 
-from solvers.base import Param, Solver, as_alpha_bar, as_step, compute_dtype, per_sample, register_solver
+from solvers.base import (Param, Solver, as_alpha_bar, as_score_weight, as_step, compute_dtype, per_sample,
+                          register_solver)
 
 #: CoDPS+ floors σ_n at this value so that C stays invertible for noiseless measurements
 #: (numerical guard of the reference code, not a tuning constant).
 SIGMA_FLOOR = 1e-5
 
 _PARAMS = {
-    "scale": Param(1.0, "nonneg", "step size s of the data-consistency update"),
+    "scale": Param(1.0, "nonneg_or_auto", "step size s of the data-consistency update, or 'auto': the "
+                   "sampler's exact likelihood-score weight w_t"),
     "t_div": Param(0.0, "nonneg", "for steps t < t_div the scale is divided by div_ratio"),
     "div_ratio": Param(1.0, "positive", "divisor of the scale for t < t_div"),
     "inv_var": Param(1.0, "nonneg", "λ, precision of the Gaussian x_0 ~ N(x0_hat, λ⁻¹ I)"),
@@ -40,7 +66,8 @@ class _GaussianLikelihood(Solver):
     """Shared parameters and helpers of CoDPS and CoDPS+ (not registered).
 
     Parameters (keyword, paper code's names):
-        scale (float >= 0, default 1.0): step size s.
+        scale (float >= 0 or "auto", default 1.0): step size s; "auto" uses the sampler's
+            weight w_t (module docstring), passed as ``score_weight``.
         t_div (float >= 0, default 0): for t < t_div the step size is s / div_ratio.
         div_ratio (float > 0, default 1.0): see t_div.
         inv_var (float >= 0, default 1.0): λ.
@@ -63,6 +90,7 @@ class _GaussianLikelihood(Solver):
             raise ValueError(f"solver {self.names[0]!r} needs an operator with {', '.join(missing)}; "
                              f"got {type(operator).__name__}")
         self.noise_sigma()  # validate now rather than at the first step
+        self.uses_score_weight = self.scale == "auto"
 
     def noise_sigma(self) -> float:
         """σ_n = ``noiser.sigma`` as a float (read at each step).
@@ -76,8 +104,23 @@ class _GaussianLikelihood(Solver):
         return float(sigma)
 
     def scale_at(self, t: int) -> float:
-        """Step size at step t: ``scale / div_ratio`` if t < t_div, else ``scale``."""
+        """Step size at step t: ``scale / div_ratio`` if t < t_div, else ``scale`` (a number;
+        ValueError for ``scale: auto``, see :meth:`step_weight`)."""
+        if self.scale == "auto":
+            raise ValueError(f"solver {self.names[0]!r}: scale is 'auto'; the weight comes from the sampler")
         return self.scale / self.div_ratio if t < self.t_div else self.scale
+
+    def step_weight(self, t: int, score_weight: Any, like: torch.Tensor) -> float | torch.Tensor:
+        """The step size of step t: :meth:`scale_at` for a number, or the sampler's w_t as an
+        (N, 1, ..., 1) tensor broadcasting over ``like`` (N, ...) for ``scale: auto``.
+
+        Raises:
+            ValueError: ``scale: auto`` and no ``score_weight``.
+        """
+        if self.scale != "auto":
+            return self.scale_at(t)
+        w = as_score_weight(score_weight, like.shape[0], like.dtype, like.device, self.names[0])
+        return per_sample(w, like)
 
     def posterior_var(self, a: torch.Tensor) -> torch.Tensor:
         """r² = 1 / (ᾱ / (1 - ᾱ) + λ), same shape as ``a`` (ᾱ)."""
@@ -135,8 +178,10 @@ class CoDPS(_GaussianLikelihood):
     """
 
     def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One CoDPS step; returns (x_{t-1} (N, C, H, W), residual (N,))."""
+                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CoDPS step; returns (x_{t-1} (N, C, H, W), residual (N,)). ``score_weight``
+        (N,): the sampler's w_t, needed (only) for ``scale: auto``."""
         t = as_step(t)
         with torch.no_grad():
             dtype = compute_dtype(x_prev)
@@ -148,7 +193,7 @@ class CoDPS(_GaussianLikelihood):
             coef = a.sqrt() / (1.0 - a)
             mu = r2 * (coef * xp + self.inv_var * x0)
             w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(mu), r2.flatten(), sigma2)
-            x_next = xp + self.scale_at(t) * r2 * coef * self.operator.adjoint(w).to(dtype)
+            x_next = xp + self.step_weight(t, score_weight, xp) * r2 * coef * self.operator.adjoint(w).to(dtype)
             return x_next.to(x_prev.dtype), self.residual(y, x0)
 
 
@@ -165,7 +210,9 @@ class CoDPSPlus(_GaussianLikelihood):
         J  = 1/√ᾱ if λ = 0 else √ᾱ / (λ(1-ᾱ) + ᾱ)     (∂E[x_0|x_t]/∂x_t of the Gaussian model)
         x_{t-1} = x' + s · J · g
 
-    and no correction at t = 0 (x_{t-1} = x'). With ``use_A_AT=False``: C = (σ_n² + r²) I,
+    and no correction at t = 0 (x_{t-1} = x') unless ``scale: auto`` (then s = w_t, the
+    sampler's weight, and the step is applied at every t; see the module docstring for why
+    J · g is the likelihood score). With ``use_A_AT=False``: C = (σ_n² + r²) I,
     except for inpainting (operator name containing "inpainting") where g = Aᵀ (y - A x0_hat),
     the gradient of ½ ||y - A x0_hat||², as in the reference code.
 
@@ -188,19 +235,21 @@ class CoDPSPlus(_GaussianLikelihood):
         return a.sqrt() / (self.inv_var * (1.0 - a) + a)
 
     def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One CoDPS+ step; returns (x_{t-1} (N, C, H, W), residual (N,))."""
+                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CoDPS+ step; returns (x_{t-1} (N, C, H, W), residual (N,)). ``score_weight``
+        (N,): the sampler's w_t, needed (only) for ``scale: auto``."""
         t = as_step(t)
         with torch.no_grad():
             dtype = compute_dtype(x_prev)
             x0 = x0_hat.detach().to(dtype)
             residual = self.residual(y, x0)
-            if t == 0:
+            if t == 0 and self.scale != "auto":
                 return x_prev.detach(), residual
             xp = x_prev.detach().to(dtype)
             a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
             sigma2 = max(self.noise_sigma(), SIGMA_FLOOR) ** 2
             r2 = self.posterior_var(a)
             w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(x0), r2.flatten(), sigma2)
-            x_next = xp + self.scale_at(t) * self.jacobian(a) * self.operator.adjoint(w).to(dtype)
+            x_next = xp + self.step_weight(t, score_weight, xp) * self.jacobian(a) * self.operator.adjoint(w).to(dtype)
             return x_next.to(x_prev.dtype), residual

@@ -39,8 +39,10 @@ class DPS(Solver):
             raise ValueError(f"solver 'DPS' needs an operator with forward; got {type(operator).__name__}")
 
     def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DPS step; returns (x_{t-1} (N, C, H, W) detached, residual (N,))."""
+                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DPS step; returns (x_{t-1} (N, C, H, W) detached, residual (N,)); ``score_weight``
+        is not used."""
         as_step(t)
         if not x_t.requires_grad or not x0_hat.requires_grad:
             raise ValueError("DPS needs x_t with requires_grad=True and x0_hat computed from it with "

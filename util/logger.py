@@ -20,15 +20,20 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(level: int = logging.INFO) -> logging.Logger:
+def setup_logging(level: int = logging.INFO, tag: str = "") -> logging.Logger:
     """Configure the root logger once (idempotent) and return the ``codps`` logger.
 
-    Records of ``level`` and above go to stderr as ``<time> [CoDPS] >> LEVEL message``."""
+    Records of ``level`` and above go to stderr as ``<time> [CoDPS] >> LEVEL message``, or
+    ``[CoDPS <tag>]`` with a ``tag`` (e.g. ``rank 1/2`` under torchrun); a later call with a
+    tag updates the format."""
     root = logging.getLogger()
-    if not any(isinstance(h, TqdmHandler) for h in root.handlers):
-        handler = TqdmHandler()
-        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-        root.addHandler(handler)
+    fmt = FORMAT if not tag else FORMAT.replace("[CoDPS]", f"[CoDPS {tag}]")
+    handlers = [h for h in root.handlers if isinstance(h, TqdmHandler)]
+    if not handlers:
+        handlers = [TqdmHandler()]
+        root.addHandler(handlers[0])
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     root.setLevel(level)
     logging.captureWarnings(True)
     return logging.getLogger("codps")
