@@ -11,19 +11,18 @@ Writes <out>.csv and <out>.md.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import re
+import sys
 
 import numpy as np
 import torch
 
 from benchmarks.mnist_common import METHODS, TASKS, config_path, digits, measure, restore, scores, task_config
-from util.image_io import atomic_write_bytes
+from util.image_io import atomic_write_bytes, write_csv
 
-GRID = {"CoDPS+": (0.02, 0.05, 0.1, 0.2), "CoDPS": (0.005, 0.01, 0.02), "DPS": (0.1, 0.3, 1.0)}
+GRID = {"CoDPS+": (0.02, 0.05, 0.1, 0.2), "CoDPS": (0.02, 0.05, 0.1), "DPS": (0.3, 1.0)}
 
 
 def apply_scale(method: str, task: str, scale: float) -> str:
@@ -50,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--apply", action="store_true", help="write the best scale into the committed configs")
     p.add_argument("--out", default="benchmarks/results/mnist_sweep")
     a = p.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -76,14 +76,10 @@ def main(argv=None) -> int:
 def write(a, rows, best) -> None:
     """Write the CSV and markdown (atomically)."""
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(a.out + ".csv", buf.getvalue().encode())
+    write_csv(a.out + ".csv", list(rows[0]), rows)
     lines = [f"Scale sweep on the first {a.num} MNIST tune digits (seed {a.seed}); other parameters as committed. "
              f"Mean PSNR (dB) / SSIM; chosen = best PSNR. Command: "
-             f"`python -m benchmarks.mnist_sweep --num {a.num}{' --apply' if a.apply else ''}`.", "",
+             f"`python -m benchmarks.mnist_sweep {' '.join(a.argv)}`.", "",
              "| task | method | " + " | ".join(f"scale {i + 1}" for i in range(max(len(g) for g in GRID.values())))
              + " | chosen |", "|---|---|" + "---|" * (max(len(g) for g in GRID.values()) + 1)]
     for (task, method), chosen in best.items():

@@ -11,11 +11,10 @@ Metrics: PSNR / SSIM on (x + 1) / 2 clipped to [0, 1]; measurement noise σ = 0.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from benchmarks.mnist_common import (METHODS, TASKS, classical_inverse, digits, measure, restore, scores,
                                      task_config, tune_lambda)
-from util.image_io import atomic_write_bytes
+from util.image_io import atomic_write_bytes, write_csv
 
 ALL_METHODS = ("classical",) + tuple(METHODS)
 
@@ -39,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--out", default="benchmarks/results/mnist_table")
     a = p.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -69,14 +69,10 @@ def main(argv=None) -> int:
 def write(a, rows, tasks, methods) -> None:
     """Write the CSV and the markdown table (atomically) from the rows so far."""
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(a.out + ".csv", buf.getvalue().encode())
+    write_csv(a.out + ".csv", list(rows[0]), rows)
     lines = [f"MNIST 32×32, first {a.num} test digits, seed {a.seed}, σ_n = 0.05 on [-1, 1]; "
              f"PSNR (dB) / SSIM on [0, 1] (clip); s/img and NFE on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads. Command: `python -m benchmarks.mnist_table --num {a.num}`.", "",
+             f"{torch.get_num_threads()} torch threads. Command: `python -m benchmarks.mnist_table {' '.join(a.argv)}`.", "",
              "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for task in tasks:
         cells = []

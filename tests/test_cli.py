@@ -161,8 +161,11 @@ def test_interrupted_run_resumes(tmp_path):
     make_images(data, n=3)
     args = tiny_args("inpainting", data, tmp_path / "out") + ["diffusion.timestep_respacing=ddim25"]
     out = tmp_path / "out" / "inpainting"
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: restore the default disposition in the child.
     proc = subprocess.Popen([sys.executable, "main.py", "--device", "cpu", *args], cwd=REPO, env=cli_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
 
     def first_done() -> bool:
