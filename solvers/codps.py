@@ -243,13 +243,14 @@ class CoDPSPlus(_GaussianLikelihood):
         with torch.no_grad():
             dtype = compute_dtype(x_prev)
             x0 = x0_hat.detach().to(dtype)
-            residual = self.residual(y, x0)
+            diff = y.detach().to(dtype) - self.operator.forward(x0)    # y − A x0_hat: residual and update
+            residual = diff.flatten(1).norm(dim=1)
             if t == 0 and self.scale != "auto":
                 return x_prev.detach(), residual
             xp = x_prev.detach().to(dtype)
             a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
             sigma2 = max(self.noise_sigma(), SIGMA_FLOOR) ** 2
             r2 = self.posterior_var(a)
-            w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(x0), r2.flatten(), sigma2)
+            w = self.cov_inverse(diff, r2.flatten(), sigma2)
             x_next = xp + self.step_weight(t, score_weight, xp) * self.jacobian(a) * self.operator.adjoint(w).to(dtype)
             return x_next.to(x_prev.dtype), residual
