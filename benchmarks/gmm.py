@@ -344,9 +344,10 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, settings: dict,
-                  elapsed: float) -> tuple[str, str]:
+                  elapsed: float, provenance: Optional[str] = None) -> tuple[str, str]:
     """Write ``<stem>.csv`` (every row) and ``<stem>.md`` (command, settings, summary and full
-    tables) into ``out_dir`` atomically; returns their paths."""
+    tables) into ``out_dir`` atomically; returns their paths. ``provenance`` (markdown) replaces
+    the "Made by <command> in <elapsed>" sentence (used by ``--combine``)."""
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -358,8 +359,8 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, s
     methods = "\n".join(f"- {m.label}: `{m.solver}` {format_params(m.params) or '(no parameters)'}; "
                         f"samplers: {', '.join(m.samplers)}" for m in METHODS)
     md = (f"# Gaussian-mixture posterior benchmark\n\n"
-          f"Made by `{command}` in {elapsed / 60:.1f} min ({settings['threads']} CPU thread(s), "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}).\n\n"
+          + (provenance or f"Made by `{command}` in {elapsed / 60:.1f} min ({settings['threads']} CPU thread(s), "
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}).") + "\n\n"
           f"Settings: d ∈ {list(settings['dims'])}, m ∈ {list(settings['ms'])}, "
           f"σ_y ∈ {list(settings['sigmas'])}, "
           f"{settings['samples']} samples per method, {settings['projections']} projections for the sliced "
@@ -372,6 +373,66 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, s
     md_path = os.path.join(out_dir, stem + ".md")
     _atomic_write(md_path, md)
     return csv_path, md_path
+
+
+_INT_FIELDS = ("d", "m", "nfe", "samples", "diverged")
+_FLOAT_FIELDS = ("sigma_y", "sw", "mean_err", "weight_tv", "seconds")
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a CSV written by :func:`write_results`, with numbers parsed back.
+
+    Raises:
+        ValueError: the file lacks a column of ``CSV_FIELDS`` or a number does not parse (names
+            the file, line and column).
+    """
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: not a benchmarks.gmm CSV (missing column(s) {', '.join(missing)})")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = {k: raw[k] for k in CSV_FIELDS}
+            for k in _INT_FIELDS + _FLOAT_FIELDS:
+                try:
+                    row[k] = int(raw[k]) if k in _INT_FIELDS else float(raw[k])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}, line {line}: column {k} = {raw[k]!r} is not a number") from None
+            rows.append(row)
+    return rows
+
+
+def combine_rows(tables: Sequence[Sequence[dict]]) -> list[dict]:
+    """Merge the rows of several runs into one grid. A row is keyed by (d, m, σ_y, sampler,
+    method); a later table's row replaces an earlier one with the same key (the problems and
+    the sampler noise depend only on the seed and the key, so a subset run reproduces the rows
+    of the full run it extends). Rows come back ordered by d, m, σ_y, then the exact row,
+    then samplers and methods in their declared order."""
+    merged: dict[tuple, dict] = {}
+    for rows in tables:
+        for r in rows:
+            merged[(r["d"], r["m"], round(float(r["sigma_y"]), 9), r["sampler"], r["method"])] = r
+    sampler_rank = {"-": -1, **{s: i for i, s in enumerate(SAMPLERS)}}
+    method_rank = {EXACT: -1, **{m.label: i for i, m in enumerate(METHODS)}}
+    return sorted(merged.values(), key=lambda r: (r["d"], r["m"], float(r["sigma_y"]),
+                                                   sampler_rank.get(r["sampler"], len(sampler_rank)),
+                                                   method_rank.get(r["method"], len(method_rank)),
+                                                   r["method"]))
+
+
+def _made_by_line(csv_path: str) -> str:
+    """The "Made by ..." sentence of the markdown file next to ``csv_path`` (or a note that it
+    is missing)."""
+    md = os.path.splitext(csv_path)[0] + ".md"
+    try:
+        with open(md, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("Made by "):
+                    return line.strip()[len("Made by "):].rstrip(".")
+    except OSError:
+        pass
+    return f"an unknown command ({os.path.basename(md)} not found)"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -394,6 +455,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                    help="output folder (default benchmarks/results)")
     p.add_argument("--name", help="file stem (default gmm, or gmm_quick with --quick)")
+    p.add_argument("--combine", nargs="+", metavar="CSV",
+                   help="run nothing: merge these CSVs of earlier runs (made with the same --seed and "
+                        "--projections; a later file's row wins on the same d, m, σ_y, sampler, method) "
+                        "and write <out>/<name>.{csv,md}")
     return p.parse_args(argv)
 
 
@@ -409,6 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samplers = tuple(args.samplers or SAMPLERS)
     command = "python -m benchmarks.gmm" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
+    if args.combine:
+        return _combine(args, command, settings)
     start = time.perf_counter()
 
     def report(row: dict) -> None:
@@ -425,6 +492,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for sg in sorted({r["sigma_y"] for r in rows}):
         print(f"\nσ_y = {sg:g} (median over m)\n{summary_table(rows, sg)}")
     print(f"\nwrote {csv_path} and {md_path} in {elapsed / 60:.1f} min")
+    return 0
+
+
+def _combine(args: argparse.Namespace, command: str, settings: dict) -> int:
+    """``--combine``: merge earlier runs' CSVs into one CSV and table; exit 2 on a bad file."""
+    tables = []
+    for path in args.combine:
+        try:
+            tables.append(read_rows(path))
+        except (OSError, ValueError) as e:
+            print(f"benchmarks.gmm --combine: {e}", file=sys.stderr)
+            return 2
+    rows = combine_rows(tables)
+    if not rows:
+        print("benchmarks.gmm --combine: the CSVs hold no rows", file=sys.stderr)
+        return 2
+    ddpm = sorted({r["sigma_y"] for r in rows if r["sampler"].startswith("DDPM")})
+    settings.update(dims=sorted({r["d"] for r in rows}), ms=sorted({r["m"] for r in rows}),
+                    sigmas=sorted({r["sigma_y"] for r in rows}), samples=max(r["samples"] for r in rows),
+                    ddpm_sigmas=None if ddpm == settings["sigmas"] else ddpm)
+    sources = "".join(f"\n- `{os.path.basename(p)}`: made by {_made_by_line(p)}" for p in args.combine)
+    provenance = (f"Merged by `{command}` (a later file's row replaces an earlier one) from the rows of:"
+                  f"{sources}")
+    stem = args.name or "gmm"
+    csv_path, md_path = write_results(rows, args.out, stem, command, settings, 0.0, provenance=provenance)
+    print(f"merged {len(rows)} rows from {len(args.combine)} file(s) into {csv_path} and {md_path}")
     return 0
 
 

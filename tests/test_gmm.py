@@ -363,3 +363,34 @@ def test_benchmark_smoke(tmp_path):
                                             dict(bench.QUICK, threads=1, seed=0), 1.0)
     text = open(md_path, encoding="utf-8").read()
     assert "| DDIM 100 | ΠGDM |" in text and open(csv_path).read().startswith(",".join(bench.CSV_FIELDS))
+
+
+def test_benchmark_combine_reproduces_a_single_run(tmp_path):
+    """--combine of two subset runs (σ_y split) gives the rows of one run over the whole grid:
+    problems and sampler noise depend only on the seed and the row's key."""
+    methods = [m for m in bench.METHODS if m.label in ("prior (no data)", "CoDPS+ (auto)")]
+    kw = dict(dims=(4,), ms=(1,), samples=16, projections=8, samplers=("DDIM 100",), methods=methods)
+    whole = bench.run(sigmas=(0.1, 1.0), **kw)
+    settings = dict(bench.QUICK, threads=1, seed=0)
+    a = bench.write_results(bench.run(sigmas=(1.0,), **kw), str(tmp_path), "a", "cmd a", settings, 1.0)[0]
+    b = bench.write_results(bench.run(sigmas=(0.1,), **kw), str(tmp_path), "b", "cmd b", settings, 1.0)[0]
+    assert bench.main(["--combine", a, b, "--out", str(tmp_path), "--name", "ab", "--projections", "8"]) == 0
+    merged = bench.read_rows(str(tmp_path / "ab.csv"))
+    key = ("d", "m", "sigma_y", "sampler", "method", "diverged")
+    assert [tuple(r[k] for k in key) for r in merged] == [tuple(r[k] for k in key) for r in whole]
+    for got, want in zip(merged, whole):
+        for k in ("sw", "mean_err", "weight_tv"):
+            assert got[k] == pytest.approx(want[k], rel=1e-5), (got["method"], k)
+    text = open(tmp_path / "ab.md", encoding="utf-8").read()
+    assert "`a.csv`: made by `cmd a`" in text and "`b.csv`: made by `cmd b`" in text
+    assert "σ_y ∈ [0.1, 1.0]" in text
+
+
+def test_benchmark_combine_bad_file(tmp_path, capsys):
+    """A CSV that is not the benchmark's fails with exit 2 and names the file; nothing is written."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert bench.main(["--combine", str(bad), "--out", str(tmp_path), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "missing column" in err
+    assert not (tmp_path / "x.csv").exists()
