@@ -325,6 +325,31 @@ def summary_table(rows: Sequence[dict], sigma: float) -> str:
     return "\n".join(lines)
 
 
+def sw_by_sigma_table(rows: Sequence[dict], sampler: str) -> str:
+    """Markdown table for one sampler: per method, the median over m of the sliced Wasserstein
+    distance at every (σ_y, d), with the exact second draw (the noise floor) first. Cells with
+    no rows (e.g. DDPM not run at that σ_y) read "–"."""
+    sel = [r for r in rows if r["sampler"] in ("-", sampler)]
+    cols = sorted({(r["sigma_y"], r["d"]) for r in sel})
+    order: list[str] = []
+    for r in sel:
+        if r["method"] not in order:
+            order.append(r["method"])
+    head = ["method"] + [f"σ_y={sg:g} d={d}" for sg, d in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in order:
+        cells = [method]
+        for sg, d in cols:
+            vals = [r["sw"] for r in sel if r["method"] == method and r["d"] == d
+                    and math.isclose(r["sigma_y"], sg) and not math.isnan(r["sw"])]
+            if method != EXACT and not any(r["method"] == method and r["sampler"] == sampler and r["d"] == d
+                                           and math.isclose(r["sigma_y"], sg) for r in sel):
+                vals = []
+            cells.append(_fmt(statistics.median(vals)) if vals else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def full_table(rows: Sequence[dict]) -> str:
     """Markdown table of every row."""
     head = ["d", "m", "σ_y", "sampler", "method", "SW", "mean err", "weight TV", "diverged", "s"]
@@ -369,6 +394,9 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, s
           f"Methods:\n{methods}\n\n"
           + "".join(f"## σ_y = {sg:g} (median over m ∈ {list(settings['ms'])})\n\n{summary_table(rows, sg)}\n\n"
                     for sg in sorted({r["sigma_y"] for r in rows}))
+          + "".join(f"## Sliced Wasserstein distance by σ_y and d, {sp} (median over m)\n\n"
+                    f"{sw_by_sigma_table(rows, sp)}\n\n"
+                    for sp in SAMPLERS if any(r["sampler"] == sp for r in rows))
           + f"## Every problem\n\n{full_table(rows)}\n")
     md_path = os.path.join(out_dir, stem + ".md")
     _atomic_write(md_path, md)
@@ -509,9 +537,9 @@ def _combine(args: argparse.Namespace, command: str, settings: dict) -> int:
         print("benchmarks.gmm --combine: the CSVs hold no rows", file=sys.stderr)
         return 2
     ddpm = sorted({r["sigma_y"] for r in rows if r["sampler"].startswith("DDPM")})
-    settings.update(dims=sorted({r["d"] for r in rows}), ms=sorted({r["m"] for r in rows}),
-                    sigmas=sorted({r["sigma_y"] for r in rows}), samples=max(r["samples"] for r in rows),
-                    ddpm_sigmas=None if ddpm == settings["sigmas"] else ddpm)
+    sigmas = sorted({r["sigma_y"] for r in rows})
+    settings.update(dims=sorted({r["d"] for r in rows}), ms=sorted({r["m"] for r in rows}), sigmas=sigmas,
+                    samples=max(r["samples"] for r in rows), ddpm_sigmas=None if ddpm == sigmas else ddpm)
     sources = "".join(f"\n- `{os.path.basename(p)}`: made by {_made_by_line(p)}" for p in args.combine)
     provenance = (f"Merged by `{command}` (a later file's row replaces an earlier one) from the rows of:"
                   f"{sources}")

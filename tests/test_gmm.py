@@ -6,6 +6,7 @@ exact posterior."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -384,6 +385,10 @@ def test_benchmark_combine_reproduces_a_single_run(tmp_path):
     text = open(tmp_path / "ab.md", encoding="utf-8").read()
     assert "`a.csv`: made by `cmd a`" in text and "`b.csv`: made by `cmd b`" in text
     assert "σ_y ∈ [0.1, 1.0]" in text
+    sw_line = next(line for line in text.splitlines() if line.startswith("| CoDPS+ (auto) |") and "σ_y" not in line
+                   and line.count("|") == 4)
+    want = [statistics.median([r["sw"]]) for r in whole if r["method"] == "CoDPS+ (auto)"]
+    assert [float(c) for c in sw_line.strip("| ").split(" | ")[1:]] == pytest.approx(want, rel=1e-2)
 
 
 def test_benchmark_combine_bad_file(tmp_path, capsys):
