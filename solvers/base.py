@@ -267,12 +267,22 @@ def as_alpha_bar(alpha_bar: Any, n: int, dtype: torch.dtype, device: torch.devic
     Raises:
         ValueError: a tensor whose shape is neither (n,) nor scalar.
     """
-    a = torch.as_tensor(alpha_bar, dtype=dtype, device=device)
-    if a.dim() == 0:
-        return a.expand(n)
-    if a.shape != (n,):
-        raise ValueError(f"alpha_bar must have shape ({n},) (one value per sample), got {tuple(a.shape)}")
-    return a
+    return _per_sample_vector(alpha_bar, n, dtype, device, "alpha_bar")
+
+
+def _per_sample_vector(value: Any, n: int, dtype: torch.dtype, device: torch.device, name: str) -> torch.Tensor:
+    """``value`` (an (n,) tensor, a 0-dim tensor or a python number) as an (n,) tensor of
+    ``dtype`` on ``device``; a scalar is broadcast (expanded, no copy).
+
+    Raises:
+        ValueError: a tensor whose shape is neither (n,) nor scalar (names ``name``).
+    """
+    v = torch.as_tensor(value, dtype=dtype, device=device)
+    if v.dim() == 0:
+        return v.expand(n)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one value per sample), got {tuple(v.shape)}")
+    return v
 
 
 def as_score_weight(score_weight: Any, n: int, dtype: torch.dtype, device: torch.device, owner: str) -> torch.Tensor:
@@ -289,12 +299,7 @@ def as_score_weight(score_weight: Any, n: int, dtype: torch.dtype, device: torch
     if score_weight is None:
         raise ValueError(f"solver {owner!r} needs the sampler's score_weight (scale: auto / ΠGDM); call it "
                          "through GaussianDiffusion.sample or pass score_weight=sampler.score_weight(t)")
-    w = torch.as_tensor(score_weight, dtype=dtype, device=device)
-    if w.dim() == 0:
-        return w.expand(n)
-    if w.shape != (n,):
-        raise ValueError(f"score_weight must have shape ({n},) (one value per sample), got {tuple(w.shape)}")
-    return w
+    return _per_sample_vector(score_weight, n, dtype, device, "score_weight")
 
 
 @register_solver("none", "vanilla")

@@ -20,13 +20,7 @@ from solvers import get_solver
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # small tensors (tests/conftest.py)
 
 
 def three_component(full: bool) -> GaussianMixture:

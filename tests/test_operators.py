@@ -57,14 +57,7 @@ def dense(op, x_shape) -> np.ndarray:
 _DENSE: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tensors here are tiny: one intra-op thread avoids oversubscription slowdowns on a
-    shared machine (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors (tests/conftest.py)
 
 
 @pytest.fixture(params=[(name, kw, c) for name, kw in OPERATOR_CASES for c in (3, 1)],

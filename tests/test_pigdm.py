@@ -16,12 +16,7 @@ from solvers import get_solver, list_solvers
 from util.seeding import STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # small tensors (tests/conftest.py)
 
 
 OPERATORS = [("dense", dict(matrix=np.random.default_rng(0).standard_normal((5, 12)) / 3, input_shape=(3, 2, 2))),
