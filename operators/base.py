@@ -216,6 +216,9 @@ class LinearOperator:
 
     name: str = "linear"
     is_random: bool = False
+    #: A = diag(m) with a 0/1 pixel mask m that has missing pixels (inpainting): a capability that
+    #: CoDPS+'s paper variant (``use_A_AT: false``) asks for.
+    is_pixel_mask: bool = False
     #: key under which a random operator stores its drawn array in :meth:`state_dict`.
     _state_key: str = ""
 
@@ -365,6 +368,16 @@ class LinearOperator:
 
     def display(self, y: torch.Tensor) -> torch.Tensor:
         """The measurement shown as an image of the input size (N, C, H, W); default: y itself."""
+        return y
+
+    def spectral_view(self, x_shape: tuple[int, int, int, int]) -> Any:
+        """This operator's own SVD view (``operators.spectral.SpectralView``) for images of
+        ``x_shape``, or None (then ``Physics`` falls back to a dense SVD for small images)."""
+        return None
+
+    def project_measurement(self, y: torch.Tensor) -> torch.Tensor:
+        """y restricted to what A can produce, applied by ``Physics.measure`` after the noise
+        (inpainting: zeros at missing pixels); default: y unchanged."""
         return y
 
     def __repr__(self) -> str:

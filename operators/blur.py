@@ -141,6 +141,14 @@ class ConvolutionOperator(LinearOperator):
         spec, _ = self._spectrum(y)
         return circular_filter(y.to(compute_dtype(y)), spec.conj()).to(y.dtype)
 
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.CircularBlurView` (V = 2-D Hartley basis, Σ = |K̂|)."""
+        from .spectral import CircularBlurView
+        self.validate_shape(tuple(x_shape))
+        ks = self._kernels()
+        return CircularBlurView(kernel_spectrum(ks, x_shape[2], x_shape[3], self._origin(ks), torch.float64,
+                                                torch.device("cpu"), full=True), x_shape)
+
     def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
         """(sigma2 I + r2 A A^T)^{-1} v = F^{-1}(F v / (sigma2 + r2 |K|^2)); v: (N, C, H, W);
         r2, sigma2: floats or (N,) tensors. Frequencies where sigma2 + r2 |K|^2 = 0 are set to 0
