@@ -39,10 +39,11 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import GaussianDiffusion, create_sampler
 from guided_diffusion.gmm import GMMEpsilon, GMMPosterior, GaussianMixture, as_vectors, grid_mixture
-from operators import get_noise, get_operator
+from operators import Physics, get_noise, get_operator
 from operators.dense import random_matrix
+from sampling import sample
 from solvers import Solver, get_solver
-from solvers.base import as_score_weight, compute_dtype, per_sample
+from solvers.base import compute_dtype, per_sample
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 log = logging.getLogger(__name__)
@@ -185,31 +186,31 @@ def score(problem: Problem, x: torch.Tensor, reference: torch.Tensor, directions
 class ExactLikelihoodStep(Solver):
     """Oracle step: x_{t-1} = x' + w_t ∇_{x_t} log p(y | x_t) with the exact Gaussian-mixture
     likelihood (:meth:`GaussianMixture.measurement_log_likelihood`) and the sampler's weight w_t
-    (``score_weight``, as ``scale: auto``). Its samples differ from the exact posterior only by
+    (``step.weight``, as ``scale: auto``). Its samples differ from the exact posterior only by
     the sampler's discretisation: the ceiling for every approximate likelihood. Not registered
     (it needs the prior); ``needs_grad`` only so that the sampler leaves autograd on."""
 
     needs_grad = True
-    uses_score_weight = True
     params: dict = {}
     names = ("oracle",)
 
     def __init__(self, prior: GaussianMixture, A: np.ndarray, y: torch.Tensor, sigma: float) -> None:
-        super().__init__(None, None)
+        super().__init__()
         self.prior, self.A, self.y, self.sigma = prior, A, y, float(sigma)
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: Any, t: int,
-                 alpha_bar: torch.Tensor, score_weight: Optional[torch.Tensor] = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_{t-1} (N, d, 1, 1), zeros (N,)); ``y`` is ignored (the problem's y is used)."""
+    def step(self, step: Any, y: Any, physics: Any) -> torch.Tensor:
+        """x_{t-1} (N, d, 1, 1); ``y`` is ignored (the problem's y is used)."""
+        x_prev = step.proposal
         dtype = compute_dtype(x_prev)
-        w = as_score_weight(score_weight, x_prev.shape[0], dtype, x_prev.device, "oracle")
+        w = step.weight.to(dtype)
         with torch.enable_grad():
-            x = as_vectors(x_t.detach()).double().requires_grad_(True)
-            ll = self.prior.measurement_log_likelihood(x, float(alpha_bar.reshape(-1)[0]), self.A, self.y, self.sigma)
+            x = as_vectors(step.x_t.detach()).double().requires_grad_(True)
+            ll = self.prior.measurement_log_likelihood(x, float(step.alpha_bar.reshape(-1)[0]), self.A, self.y,
+                                                       self.sigma)
             (grad,) = torch.autograd.grad(ll.sum(), x)
+        step.residual = torch.zeros(x_prev.shape[0], dtype=dtype)
         x_next = x_prev.detach().to(dtype) + per_sample(w, x_prev) * grad.reshape(x_prev.shape).to(dtype)
-        return x_next.to(x_prev.dtype), torch.zeros(x_prev.shape[0], dtype=dtype)
+        return x_next.to(x_prev.dtype)
 
 
 def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsilon, method: Method,
@@ -218,16 +219,17 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
     per-sample divergence steps. Sample i's x_T and noise come from generator (seed, i), the same
     for every method."""
     d = problem.dim
-    operator = get_operator("dense", matrix=problem.A, input_shape=(d, 1, 1))
-    noiser = get_noise("gaussian", sigma=problem.sigma)
+    physics = Physics(get_operator("dense", matrix=problem.A, input_shape=(d, 1, 1)),
+                      get_noise("gaussian", sigma=problem.sigma))
+    physics.draw(None, (n, d, 1, 1))
     if method.solver == "oracle":
         solver = ExactLikelihoodStep(problem.prior, problem.A, problem.y, problem.sigma)
     else:
-        solver = get_solver(method.solver, operator, noiser, **method.params)
+        solver = get_solver(method.solver, **method.params)
     gens = torch_generators(seed, range(n), STREAM_SAMPLER)
     x_T = randn((d, 1, 1), gens)
     y = problem.y.float().reshape(1, -1, 1, 1).expand(n, -1, 1, 1).contiguous()
-    result = diffusion.sample(model, x_T, y, solver, gens, progress=False)
+    result = sample(model, diffusion, x_T, y, solver, physics, gens, progress=False)
     x = as_vectors(result.x0).double()
     bad = torch.tensor([s is not None for s in result.diverged_at], dtype=torch.bool)
     x[bad] = float("nan")
