@@ -62,8 +62,8 @@ class SpectralView:
         raise NotImplementedError
 
     def sing(self, like: torch.Tensor) -> torch.Tensor:
-        """``singulars`` in ``like``'s real dtype and device."""
-        return self.singulars.to(device=like.device, dtype=_real_dtype(like))
+        """``singulars`` in ``like``'s real dtype and device (from a float64 copy where kept)."""
+        return getattr(self, "_sing64", self.singulars).to(device=like.device, dtype=_real_dtype(like))
 
 
 class DiagonalView(SpectralView):
@@ -112,6 +112,7 @@ class CircularBlurView(SpectralView):
         self._phase = torch.where(mag > 0, spec / torch.where(mag > 0, mag, torch.ones_like(mag)),
                                   torch.ones_like(spec))
         self.singulars = mag.float()
+        self._sing64 = mag
 
     def _ph(self, like: torch.Tensor) -> torch.Tensor:
         cd = torch.complex128 if like.dtype == torch.float64 else torch.complex64
@@ -160,9 +161,6 @@ class DenseView(SpectralView):
 
     def _mat(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return m.to(device=like.device, dtype=_real_dtype(like))
-
-    def sing(self, like):  # noqa: D102
-        return self._sing64.to(device=like.device, dtype=_real_dtype(like))
 
     def V_T(self, x):  # noqa: D102
         return x.reshape(x.shape[0], -1).to(_real_dtype(x)) @ self._mat(self._vh, x).T

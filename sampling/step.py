@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -139,15 +140,22 @@ def make_step(x_t: torch.Tensor, x0_hat: torch.Tensor, proposal: torch.Tensor, t
     """A :class:`Step` from raw tensors, for unit tests of a method and for benchmarks that time
     one step outside the loop. ``alpha_bar`` / ``alpha_bar_prev`` / ``weight``: numbers or (N,)
     tensors; ``eps`` defaults to the ε̂ consistent with x_t and x0_hat, ``noise`` to zeros,
-    ``alpha_bar_prev`` to 1 at t = 0 else ``alpha_bar``. Raises ValueError for t < 0."""
-    if int(t) < 0:
-        raise ValueError(f"t must be >= 0, got {t}")
+    ``alpha_bar_prev`` to 1 at t = 0 else ``alpha_bar``. Raises ValueError for a t that is not
+    one integer >= 0, or a per-sample vector whose shape is neither (N,) nor scalar."""
+    if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_floating_point():
+        t = int(t.item())
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or int(t) < 0:
+        raise ValueError(f"t must be one integer step index >= 0 shared by the batch, got {t!r}")
     n = x_t.shape[0]
     dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
 
-    def vec(v: Any) -> torch.Tensor:
+    def vec(v: Any, name: str = "alpha_bar") -> torch.Tensor:
         out = torch.as_tensor(v, dtype=dtype, device=x_t.device)
-        return out.expand(n) if out.dim() == 0 else out
+        if out.dim() == 0:
+            return out.expand(n)
+        if out.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (one value per sample), got {tuple(out.shape)}")
+        return out
 
     ab = vec(alpha_bar)
     ab_prev = vec(1.0 if int(t) == 0 else alpha_bar) if alpha_bar_prev is None else vec(alpha_bar_prev)
@@ -157,5 +165,5 @@ def make_step(x_t: torch.Tensor, x0_hat: torch.Tensor, proposal: torch.Tensor, t
     step = Step(i=i, t=int(t), t_prev=int(t) - 1, x_t=x_t, alpha_bar=ab, alpha_bar_prev=ab_prev, eps=eps,
                 x0_hat=x0_hat, proposal=proposal, noise=torch.zeros_like(proposal) if noise is None else noise,
                 eta=eta, sigma_t=sigma_t, diffusion=diffusion,
-                _weight=None if weight is None else vec(weight))
+                _weight=None if weight is None else vec(weight, "weight"))
     return step

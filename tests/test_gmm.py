@@ -15,7 +15,9 @@ import torch
 from benchmarks import gmm as bench
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.gmm import GaussianMixture, GMMEpsilon, as_image, as_vectors, grid_mixture
-from operators import get_noise, get_operator
+from operators import Physics, get_noise, get_operator
+from method_helpers import legacy_solver
+from sampling import sample
 from solvers import get_solver
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
@@ -194,7 +196,7 @@ def test_codps_plus_direction_is_exact_likelihood_score(prior_mean, a):
     prior = GaussianMixture([1.0], m[None], [s2])
     x0_hat = (x_t - math.sqrt(1 - a) * prior.eps(x_t, a)) / math.sqrt(a)
     op = get_operator("dense", matrix=A, input_shape=(d, 1, 1))
-    solver = get_solver("CoDPS+", op, get_noise("gaussian", sigma=sigma), scale=1.0, inv_var=1 / s2)
+    solver = legacy_solver("CoDPS+", op, get_noise("gaussian", sigma=sigma), scale=1.0, inv_var=1 / s2)
     ab = torch.full((4,), a, dtype=torch.float64)
     x_next, _ = solver(as_image(x_t), torch.zeros(4, d, 1, 1, dtype=torch.float64), as_image(x0_hat),
                        y.reshape(1, 3, 1, 1).expand(4, 3, 1, 1), 10, ab)
@@ -234,14 +236,14 @@ def test_scale_auto_parsing_and_errors():
     op = get_operator("dense", matrix=np.eye(2, 3), input_shape=(3, 1, 1))
     noiser = get_noise("gaussian", sigma=0.1)
     for name in ("CoDPS", "CoDPS+"):
-        solver = get_solver(name, op, noiser, scale="auto")
-        assert solver.scale == "auto" and solver.uses_score_weight
-        assert not get_solver(name, op, noiser, scale=0.5).uses_score_weight
+        solver = legacy_solver(name, op, noiser, scale="auto")
+        assert solver.scale == "auto"
         x = torch.zeros(2, 3, 1, 1)
-        with pytest.raises(ValueError, match="score_weight"):
+        with pytest.raises(ValueError, match="weight"):      # a Step without a sampler has no w_t
             solver(x, x, x, torch.ones(2, 2, 1, 1), 5, torch.tensor([0.5, 0.5]))
+        legacy_solver(name, op, noiser, scale=0.5)(x, x, x, torch.ones(2, 2, 1, 1), 5, torch.tensor([0.5, 0.5]))
         with pytest.raises(ValueError, match="'auto'"):
-            get_solver(name, op, noiser, scale="automatic")
+            get_solver(name, scale="automatic")
         x_next, _ = solver(x, x, x, torch.ones(2, 2, 1, 1), 0, torch.tensor([0.99, 0.99]),
                            score_weight=torch.tensor([0.1, 0.2]))
         assert (x_next != 0).any()                           # auto also corrects at t = 0
@@ -258,12 +260,12 @@ def test_codps_plus_auto_single_gaussian_samples_exact_posterior():
     y = torch.tensor([1.2, -0.7], dtype=torch.float64)
     post = prior.posterior(A, y, sigma)
     pm, pc = post.mean(), post.covariance()
-    solver = get_solver("CoDPS+", get_operator("dense", matrix=A, input_shape=(d, 1, 1)),
-                        get_noise("gaussian", sigma=sigma), scale="auto", inv_var=1 / s2)
+    physics = Physics(get_operator("dense", matrix=A, input_shape=(d, 1, 1)), get_noise("gaussian", sigma=sigma))
+    solver = get_solver("CoDPS+", scale="auto", inv_var=1 / s2)
     diff = create_sampler(sampler="ddpm", timestep_respacing="1000", model_var_type="fixedsmall", clip_denoised=False)
     gens = torch_generators(0, range(n), STREAM_SAMPLER)
-    res = diff.sample(GMMEpsilon.from_schedule(prior), randn((d, 1, 1), gens),
-                      y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), solver, gens, progress=False)
+    res = sample(GMMEpsilon.from_schedule(prior), diff, randn((d, 1, 1), gens),
+                 y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), solver, physics, gens, progress=False)
     x = as_vectors(res.x0).double()
     se_mean = (pc.diagonal() / n).sqrt()
     assert ((x.mean(0) - pm).abs() <= 4.5 * se_mean).all(), ((x.mean(0) - pm) / se_mean)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder import (build_measurement, build_sampler, build_solver, diffusion_config_keys, dry_run_operator,
+from builder import (build_physics, build_sampler, build_solver, diffusion_config_keys, dry_run_operator,
                      image_shape, model_config_keys)
 from util.config import check_task_layout, load_yaml
 
@@ -47,12 +47,12 @@ def test_task_config_builds(task_path):
     model = load_yaml(str(task_path.parent / "model_config.yaml"))
     task = load_yaml(str(task_path))
     check_task_layout(task, rel(task_path))
-    operator, noiser = build_measurement(task["measurement"], "cpu")
-    build_solver(task["conditioning"], operator, noiser)
+    physics = build_physics(task["measurement"], "cpu")
     shape = image_shape(model)
-    dry_run_operator(operator, noiser, shape, seed=0)
-    y = operator.forward(torch.zeros(1, *shape))
-    assert operator.display(y).shape == (1, *shape)
+    dry_run_operator(physics, shape, seed=0)
+    build_solver(task["conditioning"], physics)
+    y = physics.A(torch.zeros(1, *shape))
+    assert physics.display(y).shape == (1, *shape)
 
 
 PAPER_MODELS = {
