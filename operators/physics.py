@@ -115,7 +115,8 @@ class Physics:
         shape = check_x_shape(x_shape)
         self.operator.draw(rngs, shape)
         self._x_shape = shape
-        self._views.clear()
+        if self.is_random:              # a deterministic operator's views stay valid (keyed by shape)
+            self._views.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The operator's drawn parts (``LinearOperator.state_dict``)."""
@@ -226,8 +227,8 @@ class Physics:
     @property
     def spectral(self) -> SpectralView | None:
         """The SVD view A = U Σ Vᵀ for the current batch shape (``operators.spectral``), or None
-        where unavailable: the operator's own view (circular blur, inpainting, identity, dense),
-        else a dense SVD for deterministic operators on images with C·H·W ≤ 4096, else None.
+        where unavailable: the operator's own view (circular blur, super-resolution, inpainting,
+        identity, dense), else a dense SVD for deterministic operators on images with C·H·W ≤ 4096, else None.
         Needs a draw / measure first (None before)."""
         if self._x_shape is None:
             return None

@@ -208,3 +208,114 @@ def dense_fallback(operator: Any, x_shape: Sequence[int]) -> DenseView | None:
 def numpy_matrix(m: np.ndarray) -> torch.Tensor:
     """An (m, d) numpy array as a float64 tensor."""
     return torch.from_numpy(np.asarray(m, dtype=np.float64))
+
+
+class SuperResolutionView(SpectralView):
+    """SVD of A = S K (circular blur K with spectrum K̂ on the H×W grid, then keeping every s-th
+    pixel). In Hartley coordinates x̃ = DHT(x), ỹ = DHT_low(A x) (both real, orthonormal):
+
+        ỹ(l) = (1/s) Σ_j [Re K̂(l_j) x̃(l_j) − Im K̂(l_j) x̃(−l_j)],   l_j the s² aliases of l,
+
+    (the DFT of a subsampled signal averages its aliases), so each low-res frequency pair
+    {l, −l} only sees the 2s² coefficients of its aliases (s² when l = −l): A is block-diagonal
+    with blocks B (2 × 2s² or 1 × s²), whose rows are orthogonal with norm² λ(l) = mean_j |K̂(l_j)|²
+    (the eigenvalues of A Aᵀ). Each block's SVD B = W S Zᵀ (batched, float64) gives U (W, on
+    the low-res Hartley basis), Σ (√λ) and V (Z, the range direction plus an orthonormal basis of
+    the s² − 1 aliases' null space). Coefficient layout (N, C, H, W): block P's coefficients sit
+    at its own frequency positions (its singular values at the first one or two).
+
+    Args:
+        spectrum: complex (1, 1, H, W) full ``fft2`` of the embedded kernel.
+        s: the scale factor; x_shape: (N, C, H, W).
+    """
+
+    def __init__(self, spectrum: torch.Tensor, s: int, x_shape: Sequence[int]) -> None:
+        self.x_shape = tuple(int(v) for v in x_shape)
+        big_h, big_w = self.x_shape[2:]
+        h, w = big_h // s, big_w // s
+        k = spectrum.reshape(big_h, big_w).to(torch.complex128).numpy()
+        re, im = k.real.ravel(), k.imag.ravel()
+        rows_i = np.arange(big_h)[:, None] * big_w
+        flat = (rows_i + np.arange(big_w)[None]).ravel()
+        neg = ((-(flat // big_w)) % big_h) * big_w + (-(flat % big_w)) % big_w      # −k on the H×W grid
+        lo = [(l1, l2) for l1 in range(h) for l2 in range(w)]
+        alias = {(l1, l2): np.array([(l1 + p * h) * big_w + l2 + q * w for p in range(s) for q in range(s)])
+                 for l1, l2 in lo}
+        pairs, singles = [], []
+        for l1, l2 in lo:
+            m = ((-l1) % h, (-l2) % w)
+            if m == (l1, l2):
+                singles.append((l1, l2))
+            elif (l1, l2) < m:
+                pairs.append(((l1, l2), m))
+
+        def row(l: tuple[int, int], pos: dict[int, int], n: int) -> np.ndarray:
+            r = np.zeros(n)
+            for j in alias[l]:
+                r[pos[j]] += re[j] / s
+                r[pos[neg[j]]] -= im[j] / s
+            return r
+
+        self._blocks = []     # (P (B, n) flat x positions, lowres (B, r) flat y positions, W (B, r, r), S (B, r), Z (B, n, n))
+        for group, r in ((pairs, 2), (singles, 1)):
+            if not group:
+                continue
+            ps, ys, mats = [], [], []
+            for item in group:
+                ls = item if r == 2 else (item,)
+                p = np.concatenate([alias[l] for l in ls])
+                pos = {int(j): i for i, j in enumerate(p)}
+                ps.append(p)
+                ys.append([l[0] * w + l[1] for l in ls])
+                mats.append(np.stack([row(l, pos, len(p)) for l in ls]))
+            u, sv, vh = torch.linalg.svd(torch.from_numpy(np.stack(mats)), full_matrices=True)
+            self._blocks.append((torch.from_numpy(np.stack(ps)), torch.from_numpy(np.array(ys)), u, sv, vh))
+        sing = torch.zeros(big_h * big_w, dtype=torch.float64)
+        for p, _, _, sv, _ in self._blocks:
+            sing[p[:, : sv.shape[1]].reshape(-1)] = sv.reshape(-1)
+        tol = sing.max() * big_h * big_w * torch.finfo(torch.float64).eps
+        sing = torch.where(sing > tol, sing, torch.zeros_like(sing))
+        self._sing64 = sing.reshape(1, 1, big_h, big_w)
+        self.singulars = self._sing64.float()
+        self._lo = (h, w)
+
+    def _t(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return m.to(device=like.device, dtype=_real_dtype(like))
+
+    def V_T(self, x):  # noqa: D102
+        xt = dht2(x)
+        flat = xt.reshape(*xt.shape[:2], -1)
+        out = torch.zeros_like(flat)
+        for p, _, _, _, vh in self._blocks:
+            p = p.to(flat.device)
+            out[..., p] = torch.einsum("bij,ncbj->ncbi", self._t(vh, flat), flat[..., p])
+        return out.reshape(xt.shape)
+
+    def V(self, z):  # noqa: D102
+        flat = z.reshape(*z.shape[:2], -1).to(_real_dtype(z))
+        out = torch.zeros_like(flat)
+        for p, _, _, _, vh in self._blocks:
+            p = p.to(flat.device)
+            out[..., p] = torch.einsum("bji,ncbj->ncbi", self._t(vh, flat), flat[..., p])
+        return dht2(out.reshape(z.shape))
+
+    def U_T(self, y):  # noqa: D102
+        yt = dht2(y).reshape(*y.shape[:2], -1)
+        n, c = y.shape[:2]
+        out = torch.zeros(n, c, self.x_shape[2] * self.x_shape[3], dtype=yt.dtype, device=yt.device)
+        for p, ys, u, sv, _ in self._blocks:
+            r = sv.shape[1]
+            coef = torch.einsum("bji,ncbj->ncbi", self._t(u, yt), yt[..., ys.to(yt.device)])
+            out[..., p[:, :r].to(yt.device)] = coef
+        out = out.reshape(n, c, *self.x_shape[2:])
+        return out * (self.sing(out) > 0)
+
+    def U(self, z):  # noqa: D102
+        z = z * (self.sing(z) > 0)
+        flat = z.reshape(*z.shape[:2], -1)
+        h, w = self._lo
+        yt = torch.zeros(*z.shape[:2], h * w, dtype=flat.dtype, device=flat.device)
+        for p, ys, u, sv, _ in self._blocks:
+            r = sv.shape[1]
+            yt[..., ys.to(flat.device)] = torch.einsum("bij,ncbj->ncbi", self._t(u, flat), flat[..., p[:, :r].to(flat.device)])
+        return dht2(yt.reshape(*z.shape[:2], h, w))

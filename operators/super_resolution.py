@@ -177,6 +177,15 @@ class SuperResolution(LinearOperator):
         den = per_sample(sigma2, n, vv) + per_sample(r2, n, vv) * eig
         return circular_filter(vv, safe_reciprocal(den)).to(v.dtype)
 
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.SuperResolutionView` (U: low-res Hartley basis, Σ = √λ,
+        V: per alias group, range direction and null-space basis)."""
+        from .spectral import SuperResolutionView
+        self.validate_shape(tuple(x_shape))
+        spec = kernel_spectrum(self.kernel[None], x_shape[2], x_shape[3], self.origin, torch.float64,
+                               torch.device("cpu"), full=True)
+        return SuperResolutionView(spec, self.scale_factor, x_shape)
+
     def params(self, i: int) -> np.ndarray:
         """The (k, k) anti-aliasing kernel (the same for every image)."""
         return self.kernel.copy()

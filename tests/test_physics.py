@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators import Physics, get_noise, get_operator, list_operators
+from operators import LinearOperator, Physics, get_noise, get_operator, list_operators
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, numpy_rngs, torch_generators
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,10 +121,49 @@ def test_state_dict_round_trip_keeps_the_view():
     torch.testing.assert_close(b.A(x), a.A(x))
 
 
+class _NoView(LinearOperator):
+    """A deterministic operator with only forward / adjoint (2x2 average pooling), not registered."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+    def adjoint(self, y):
+        return torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest") / 4
+
+    def y_shape(self, x_shape):
+        n, c, h, w = x_shape
+        return n, c, h // 2, w // 2
+
+
 def test_capabilities_not_names():
     assert physics_for("inpainting").is_pixel_mask and not physics_for("noise").is_pixel_mask
-    big = Physics(get_operator("super_resolution", scale_factor=2), None)
-    big.draw(None, (1, 3, 64, 64))                      # 12288 > 4096 values, no structured view yet
-    assert big.spectral is None and big.has_exact_cov_solve and big.sigma_n == 0.0
+    small = Physics(_NoView(), None)
+    small.draw(None, (1, 1, 8, 8))                      # no own view, small: dense SVD fallback
+    assert small.spectral is not None and not small.has_exact_cov_solve and small.sigma_n == 0.0
+    x = rand((1, 1, 8, 8))
+    torch.testing.assert_close(small.A(small.A_pinv(small.A(x))), small.A(x))
+    big = Physics(_NoView(), None)
+    big.draw(None, (1, 3, 64, 64))                      # 12288 > 4096 values: no view
+    assert big.spectral is None
     with pytest.raises(ValueError, match="spectral view"):
         big.A_pinv(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("s,degradation,size", [(4, "gaussian", 16), (2, "avg_pool", 12), (3, "bicubic", 12)])
+def test_super_resolution_view_other_factors(s, degradation, size):
+    """The polyphase view for other factors and kernels (aliases, self-paired frequencies, odd
+    low-res sizes) against the dense SVD."""
+    phys = Physics(get_operator("super_resolution", scale_factor=s, degradation=degradation), None)
+    shape = (1, 1, size, size)
+    phys.draw(None, shape)
+    view = phys.spectral
+    x = rand(shape)
+    z = view.V_T(x)
+    torch.testing.assert_close(view.U(view.sing(z) * z), phys.A(x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(view.V(z), x, rtol=1e-9, atol=1e-9)
+    d = size * size
+    mat = phys.A(torch.eye(d, dtype=torch.float64).reshape(d, 1, size, size)).reshape(d, -1).T.numpy()
+    want = np.sort(np.linalg.svd(mat, compute_uv=False))[::-1]
+    got = np.sort(view.sing(z).flatten().numpy())[::-1]
+    np.testing.assert_allclose(got[: len(want)], want, rtol=1e-7, atol=1e-9)
+    assert np.all(got[len(want):] == 0)
