@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from guided_diffusion.gaussian_diffusion import create_sampler
-from operators import Physics, get_noise, get_operator
+from operators import LinearOperator, Physics, get_noise, get_operator
 from sampling import make_step, sample
 from solvers import Param, Solver, get_solver, list_solvers, register_solver
 from solvers.base import _REGISTRY
@@ -237,8 +237,16 @@ def test_toy_method_defined_in_this_file_runs_end_to_end(extra):
                  get_solver("toy_ddnm_test", extra_calls=extra), phys, gens, progress=False)
     assert out.nfe == 4 * (1 + extra) == net.calls
     torch.testing.assert_close(phys.A(out.x0), y, rtol=1e-5, atol=1e-5)
-    big = Physics(get_operator("super_resolution", scale_factor=2), get_noise("clean"))
-    big.draw(None, (1, 3, 64, 64))
+
+    class Pool(LinearOperator):          # only A and Aᵀ: no view of its own
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 2)
+
+        def adjoint(self, y):
+            return torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest") / 4
+
+    big = Physics(Pool(), get_noise("clean"))
+    big.draw(None, (1, 3, 64, 64))               # 12288 values: too large for the dense fallback
     with pytest.raises(ValueError, match="spectral view"):
         sample(net, create_sampler(**SAMPLERS["ddim"]), torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 32, 32),
                get_solver("toy_ddnm_test"), big, torch_generators(0, [0], STREAM_SAMPLER), progress=False)
