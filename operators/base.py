@@ -321,7 +321,15 @@ class LinearOperator:
     def params(self, i: int) -> np.ndarray | None:
         """The kernel (k, k) or mask (H, W) used for image ``i`` of the current batch (float64
         numpy array), or None for operators without one. Random operators raise RuntimeError
-        before ``draw`` and IndexError for ``i`` outside the batch."""
+        before ``draw`` and IndexError for ``i`` outside the batch.
+
+        Kernel convention (also of the saved ``params/<image>.npy`` and of :meth:`state_dict`):
+        the blur operators **convolve**, y[p] = Σ_i k[i] x[p − (i − c)] with c the kernel
+        centre, so the impulse response is k itself. The paper's code (and DPS's) applies its
+        kernels with ``F.conv2d``, which **correlates**: a kernel taken from (or given to) that
+        code must be rotated by 180° (``k[::-1, ::-1]``) to describe the same blur. The
+        built-in Gaussian kernels are symmetric, so only motion-blur and external kernels
+        differ."""
         if not self.is_random:
             return None
         if self._drawn is None:
@@ -333,7 +341,9 @@ class LinearOperator:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The drawn random parts as plain CPU tensors: ``{<key>: (N, ...) float64, "x_shape":
         (4,) int64}`` (key "kernels" or "masks"); ``{}`` for deterministic operators.
-        Raises RuntimeError for a random operator before ``draw``."""
+        Kernels are stored for convolution (see :meth:`params`: rotate by 180° for code that
+        applies them with ``F.conv2d``). Raises RuntimeError for a random operator before
+        ``draw``."""
         if not self.is_random:
             return {}
         if self._drawn is None:
@@ -342,7 +352,10 @@ class LinearOperator:
                 "x_shape": torch.tensor(self._x_shape, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (tensors or numpy arrays).
+        """Restore what :meth:`state_dict` returned (tensors or numpy arrays). Kernels are
+        read as convolution kernels (see :meth:`params`): a kernel exported from the paper's
+        or DPS's code, which correlate with ``F.conv2d``, must be rotated by 180°
+        (``k[::-1, ::-1]``) first.
 
         Raises:
             ValueError: unexpected/missing keys or shapes inconsistent with this operator.

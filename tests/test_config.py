@@ -112,3 +112,22 @@ def test_task_layout():
 def test_safe_load_default_unchanged():
     """The exponent resolver is added to our loader only, not to PyYAML's SafeLoader."""
     assert yaml.safe_load("a: 1e3") == {"a": "1e3"}
+
+
+def test_missing_noise_section_warns_once_with_sigma(caplog):
+    """A task config without measurement.noise (the paper's IMAGENET DDPM inpainting config) is
+    measured noiselessly, and one warning line says so and gives the σ used."""
+    import logging
+
+    from builder import build_measurement
+    measurement = {"operator": {"name": "gaussian_blur", "kernel_size": 5, "intensity": 1.0}}
+    with caplog.at_level(logging.WARNING, logger="builder"):
+        _, noiser = build_measurement(measurement)
+    assert noiser.sigma == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert "measurement.noise" in warnings[0].getMessage() and "sigma_n = 0" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="builder"):
+        _, noiser = build_measurement({**measurement, "noise": {"name": "gaussian", "sigma": 0.05}})
+    assert noiser.sigma == 0.05 and not caplog.records

@@ -107,3 +107,24 @@ def test_paper_values(dataset, sampler):
             dps = load_yaml(str(d / f"dps_{task}_config.yaml"))
             assert dps["conditioning"] == {"method": "ps", "params": {"scale": 0.5 if task == "inpainting" else 0.3}}
             assert dps["measurement"] == cfg["measurement"]
+
+
+MNIST_TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
+               "inpainting_box")
+
+
+@pytest.mark.parametrize("task", MNIST_TASKS)
+def test_mnist_pigdm_configs_ship_with_the_codps_measurement(task):
+    """ΠGDM has a config for every MNIST task: method PiGDM with exactly the solver's parameters,
+    and the same data and measurement as the task's CoDPS+ config (so the methods compare on
+    the same y). The generic test above builds it (TASK_CONFIGS includes it)."""
+    from solvers import get_solver   # noqa: F401  (registers the solvers)
+    from solvers.pigdm import PiGDM
+    d = REPO / "configs" / "MNIST" / "DDIM"
+    path = d / f"pigdm_{task}_config.yaml"
+    assert path in TASK_CONFIGS
+    cfg, codps = load_yaml(str(path)), load_yaml(str(d / f"{task}_config.yaml"))
+    assert cfg["conditioning"]["method"] == "PiGDM"
+    assert set(cfg["conditioning"]["params"]) == set(PiGDM.params)
+    assert cfg["measurement"] == codps["measurement"] and cfg["data"] == codps["data"]
+    assert "untuned" in path.read_text(encoding="utf-8").lower()
