@@ -52,14 +52,17 @@ def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
 @dataclass
 class Problem:
     """The cheap parts of a run, built and checked before the model loads (``physics`` owns
-    ``operator`` and ``noiser``)."""
+    ``operator`` and ``noiser``). ``dataset`` is a :class:`util.measurement_io.MeasurementFolder`
+    in measurement mode; ``fixed_params`` the config's fixed kernel (s, s) or mask (H, W) for
+    every image, or None."""
     operator: Any
     noiser: Any
     solver: Any
     sampler: Any
-    dataset: ImageDataset
+    dataset: Any
     image_shape: tuple[int, int, int]
     physics: Any = None
+    fixed_params: Any = None
 
 
 def operator_kwargs(measurement: Mapping[str, Any]) -> tuple[str, dict]:
@@ -82,10 +85,14 @@ def build_measurement(measurement: Mapping[str, Any], device: str | torch.device
 
     A missing ``noise`` section means noiseless measurements (noise ``clean``, σ_n = 0, when
     that noise is registered), announced by one warning line (the paper's own IMAGENET DDPM
-    inpainting config has no noise section, while its other configs use σ_n = 0.05).
-    Raises ValueError for unknown names or arguments (listing valid ones)."""
+    inpainting config has no noise section, while its other configs use σ_n = 0.05). A fixed
+    user ``kernel`` / ``mask`` file in the operator section is left out here (see
+    :func:`fixed_params`); a kernel sets ``kernel_size``. Raises ValueError for unknown names or
+    arguments (listing valid ones)."""
     from operators import get_noise, get_operator, list_noises
+    from util.measurement_io import split_fixed
     name, kwargs = operator_kwargs(measurement)
+    kwargs, _, _ = split_fixed(name, kwargs)
     operator = get_operator(name, device=device, **kwargs)
     noise = measurement.get("noise")
     if noise is None:
@@ -105,6 +112,18 @@ def build_physics(measurement: Mapping[str, Any], device: str | torch.device = "
     :func:`build_measurement`)."""
     from operators import Physics
     return Physics(*build_measurement(measurement, device))
+
+
+def fixed_params(measurement: Mapping[str, Any], shape: tuple[int, int, int]) -> Any:
+    """The fixed user kernel ((s, s) float64, sum 1) or mask ((H, W) of 0/1) named by
+    ``measurement.operator.kernel`` / ``.mask``, for images of (C, H, W) = ``shape``; None when
+    the operator draws its own. Raises util.measurement_io.MeasurementError (a ValueError)."""
+    from util.measurement_io import fixed_mask, split_fixed
+    name, kwargs = operator_kwargs(measurement)
+    _, kernel, mask_path = split_fixed(name, kwargs)
+    if mask_path is not None:
+        return fixed_mask(mask_path, (shape[1], shape[2]))
+    return kernel
 
 
 def build_solver(conditioning: Mapping[str, Any], physics: Any = None) -> Any:
@@ -146,8 +165,11 @@ def dry_run_operator(physics: Any, shape: tuple[int, int, int], seed: int,
                          f"{' '.join(str(exc).split())}") from exc
 
 
-def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int) -> Problem:
+def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int,
+                  measurement_dir: str | None = None) -> Problem:
     """Build and check everything but the model from the configs {"model", "diffusion", "task"}.
+    With ``measurement_dir`` the images are the measurements of that folder (read and checked
+    now, see :mod:`util.measurement_io`) instead of ``task.data``.
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
     task = configs["task"]
@@ -156,10 +178,15 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     sampler = build_sampler(configs["diffusion"])
     physics = build_physics(task["measurement"], device)
     solver = build_solver(task["conditioning"])
-    dataset = build_dataset(task["data"], shape)
+    fixed = fixed_params(task["measurement"], shape)
     dry_run_operator(physics, shape, seed, device)
     solver.check(physics)
-    return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics)
+    if measurement_dir is not None:
+        from util.measurement_io import MeasurementFolder
+        dataset = MeasurementFolder(measurement_dir, physics.operator, shape, fixed)
+    else:
+        dataset = build_dataset(task["data"], shape)
+    return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics, fixed)
 
 
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:

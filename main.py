@@ -7,6 +7,10 @@
         task.conditioning.params.scale=0.1 diffusion.timestep_respacing=ddim50
 
 Trailing ``section.key=value`` pairs override config entries (sections: model, diffusion, task).
+Outputs go to ``<save_dir>/<task>/`` named after the task config (``util.layout``), with a
+``grid.png`` of the run. ``--measurement_dir DIR`` restores measurements that are already
+degraded (``DIR/measurement/<name>.npy|png|jpg`` and, for per-image kernels or masks,
+``DIR/params/<name>.npy``; a run's own output folder is such a DIR), see docs/restore.md.
 Bad input (a missing config, an unknown name or key, a missing checkpoint, an empty data folder,
 ...) prints one line on stderr and exits with status 2; an interrupted run exits with 130 and
 resumes when re-run.
@@ -38,7 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_config", required=True, help="model YAML (UNet architecture and model_path)")
     parser.add_argument("--diffusion_config", required=True, help="diffusion YAML (sampler, schedule, respacing)")
     parser.add_argument("--task_config", required=True, help="task YAML (conditioning, data, measurement)")
-    parser.add_argument("--save_dir", default="./results", help="outputs go to <save_dir>/<operator name>/")
+    parser.add_argument("--save_dir", default="./results",
+                        help="outputs go to <save_dir>/<task>/, <task> = the task config's path below configs/ "
+                             "without _config.yaml (e.g. MNIST/DDIM/super_resolution_x4)")
+    parser.add_argument("--measurement_dir", default=None, metavar="DIR",
+                        help="restore the measurements in DIR (measurement/<name>.npy or .png/.jpg, and "
+                             "params/<name>.npy kernels or masks; a run's output folder works) instead of "
+                             "degrading task.data; outputs go to <save_dir>/<task>_on_<DIR name>/")
     parser.add_argument("--seed", type=int, default=22, help="image i uses generators seeded by (seed, i)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--gpu", type=int, default=None, help="GPU index, as in the paper's code (= --device cuda:N)")
@@ -46,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images sampled together (results do not depend on it)")
     parser.add_argument("--num_images", type=int, default=None, help="the first N images of the data (default all)")
     parser.add_argument("--record", action="store_true",
-                        help="save x0_hat every 10 steps and every step below 10 to progress/<image>/")
+                        help="save x0_hat every 10 steps and every step below 10 to progress/<image>/, and a "
+                             "strip of them as progress/<image>.png")
     parser.add_argument("--overwrite", action="store_true", help="redo images already finished in save_dir")
     parser.add_argument("--metric_norm", choices=("clip", "minmax"), default="clip",
                         help="map images to [0, 1] for PSNR/SSIM/LPIPS and PNGs: clip (x+1)/2 (default) or minmax "
@@ -151,7 +162,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
     device = resolve_device(args.device, args.gpu, local_rank)
     resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
-    problem = build_problem(configs, device, args.seed)
+    problem = build_problem(configs, device, args.seed, getattr(args, "measurement_dir", None))
     return configs, applied, device, problem
 
 
@@ -205,14 +216,21 @@ def _run(args, ctx, log, bad_input, one_line, fail) -> int:
         from builder import build_model
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric
-        out_dir = os.path.join(args.save_dir, problem.operator.name)
+        from util.layout import run_dir
+        out_dir = run_dir(args.save_dir, args.task_config, args.measurement_dir)
+        measured = None if args.measurement_dir is None else os.path.abspath(args.measurement_dir)
+        if measured is not None and os.path.abspath(out_dir) == measured:
+            raise BadInput(f"--measurement_dir {args.measurement_dir} is the output folder itself; use another "
+                           "--save_dir")
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
-                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args))}
+                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args)),
+                "measurement_dir": measured}
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
                              progress=ctx.is_main)
         if not args.overwrite:   # fail before the model loads
-            check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm})
+            check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm,
+                                       "measurement_dir": measured})
         torch.manual_seed(args.seed)   # random-weight models (model_path "") are reproducible too
         model = build_model(configs["model"], device)
     except KeyboardInterrupt:
@@ -231,11 +249,14 @@ def _run(args, ctx, log, bad_input, one_line, fail) -> int:
     log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps; %d images in %s%s",
              device, problem.operator.name, getattr(problem.noiser, "sigma", None),
              configs["task"]["conditioning"]["method"], problem.sampler.num_timesteps,
-             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset), configs["task"]["data"]["root"],
+             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset),
+             configs["task"]["data"]["root"] if args.measurement_dir is None
+             else f"measurements of {args.measurement_dir}",
              f"; {ctx.world_size} processes" if ctx.enabled else "")
     torch.backends.cudnn.benchmark = False
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device), dist=ctx)
+                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device), dist=ctx,
+                    fixed_params=problem.fixed_params)
     try:
         result = runner.run()
     except KeyboardInterrupt:
@@ -253,7 +274,7 @@ def _run(args, ctx, log, bad_input, one_line, fail) -> int:
         return 1
     if ctx.is_main:
         print(final_line(result.summary), flush=True)
-        log.info("outputs in %s (metrics.csv, summary.json)", out_dir)
+        log.info("outputs in %s (grid.png, metrics.csv, summary.json)", out_dir)
     return 0
 
 

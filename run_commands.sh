@@ -10,8 +10,8 @@ set -u
 
 dataset="${dataset:-MNIST}"                      # MNIST, FFHQ or IMAGENET
 sampling_type="${sampling_type:-DDIM}"           # DDIM (CoDPS+) or DDPM (CoDPS; dps_* configs: DPS)
-task_config="${task_config:-motion_deblur_config}"  # {gaussian_deblur,motion_deblur,super_resolution,inpainting}_config
-save_dir="${save_dir:-results/${dataset}/${sampling_type}}"
+task_config="${task_config:-motion_deblur_config}"  # any <task>_config.yaml of configs/<dataset>/<sampling_type>/
+save_dir="${save_dir:-results}"                  # outputs: <save_dir>/<dataset>/<sampling_type>/<task>/
 PYTHON="${PYTHON:-python}"
 
 config_dir="configs/${dataset}/${sampling_type}"

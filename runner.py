@@ -1,6 +1,7 @@
-"""The per-image loop of the command-line job: measure each test image, sample its posterior,
-save the input / label / reconstruction (and the kernel or mask) and score it, resuming where an
-earlier run into the same folder stopped.
+"""The per-image loop of the command-line job: measure each test image (or, in measurement
+mode, read its measurement y and kernel or mask from a folder), sample its posterior, save the
+input / label / reconstruction / measurement (and the kernel or mask), score it and draw
+``grid.png``, resuming where an earlier run into the same folder stopped.
 
 Image i (its position in the sorted dataset) draws its kernel or mask, its measurement noise and
 its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so results do
@@ -30,14 +31,20 @@ from data.dataloader import ImageDataset, UnreadableImageError
 from operators.physics import Physics
 from sampling import sample
 from util.distributed import SINGLE, DistContext, PeerFailed, shard
-from util.image_io import read_csv, save_json, save_npy, save_png, write_csv
-from util.metrics import LPIPSMetric, psnr, ssim, to_unit
+from util.grid import strip_steps, write_run_grid, write_strip
+from util.image_io import read_csv, save_json, save_npy, save_png, to_uint8_image, write_csv
+from util.measurement_io import set_params
+from util.metrics import LPIPSMetric, data_fit_residual, psnr, ssim, to_unit
+from util.progress import RunProgress
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("image", "psnr", "ssim", "lpips", "seconds", "nfe", "status")
-OUTPUT_DIRS = ("input", "label", "recon", "params")
+#: ``residual``: the data fit ‖y − A x̂‖ / (σ_n √m) (:func:`util.metrics.data_fit_residual`).
+CSV_FIELDS = ("image", "psnr", "ssim", "lpips", "residual", "seconds", "nfe", "status")
+#: ``measurement/<name>.npy``: y in its own geometry, float32 on the [-1, 1] scale, as
+#: ``--measurement_dir`` reads it back (with ``params/<name>.npy``).
+OUTPUT_DIRS = ("input", "label", "recon", "params", "measurement")
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
 METRICS_CSV = "metrics.csv"
@@ -81,7 +88,7 @@ def record_step(i: int) -> bool:
 
 
 def _fingerprint(summary: dict) -> dict:
-    return {k: summary.get(k) for k in ("configs", "seed", "metric_norm")}
+    return {k: summary.get(k) for k in ("configs", "seed", "metric_norm", "measurement_dir")}
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -133,7 +140,7 @@ def _stats(values: Sequence[float | None]) -> dict:
 
 
 def summarize(rows: Sequence[dict]) -> dict:
-    """Counts and mean / std (over finished images) of psnr, ssim, lpips, seconds and nfe.
+    """Counts and mean / std (over finished images) of psnr, ssim, lpips, residual, seconds and nfe.
 
     ``rows``: metrics rows (values as numbers or CSV text). Infinite PSNR (a perfect
     reconstruction) is left out of the mean and std but counted in n."""
@@ -141,21 +148,22 @@ def summarize(rows: Sequence[dict]) -> dict:
     counts = {"ok": len(ok),
               "diverged": sum(str(r.get("status", "")).startswith("diverged") for r in rows),
               "unreadable": sum(r.get("status") == STATUS_UNREADABLE for r in rows)}
-    metrics = {k: _stats([_float(r.get(k)) for r in ok]) for k in ("psnr", "ssim", "lpips", "seconds", "nfe")}
+    metrics = {k: _stats([_float(r.get(k)) for r in ok])
+               for k in ("psnr", "ssim", "lpips", "residual", "seconds", "nfe")}
     return {"counts": counts, "metrics": metrics}
 
 
 def final_line(summary: dict) -> str:
-    """One line: mean PSNR / SSIM / LPIPS and seconds per image, with the counts."""
+    """One line: mean PSNR / SSIM / LPIPS, data-fit residual and seconds per image, with the counts."""
     m, c = summary["metrics"], summary["counts"]
 
     def fmt(key: str, spec: str) -> str:
-        v = m[key]["mean"]
+        v = m.get(key, {}).get("mean")
         return "n/a" if v is None else format(v, spec)
     extra = "".join(f", {c[k]} {k}" for k in ("diverged", "unreadable") if c.get(k))
     return (f"{summary.get('operator', '')}: mean PSNR {fmt('psnr', '.2f')} dB / SSIM {fmt('ssim', '.4f')} / "
-            f"LPIPS {fmt('lpips', '.4f')} ({summary.get('metric_norm', 'clip')}), {fmt('seconds', '.2f')} s per image "
-            f"over {c['ok']} images{extra}")
+            f"LPIPS {fmt('lpips', '.4f')} ({summary.get('metric_norm', 'clip')}), residual {fmt('residual', '.3f')}, "
+            f"{fmt('seconds', '.2f')} s per image over {c['ok']} images{extra}")
 
 
 def rank_csv_files(out_dir: str) -> list[str]:
@@ -202,26 +210,33 @@ class Runner:
         sampler: the DDPM / DDIM sampler that :func:`sampling.sample` runs.
         operator, noiser, solver: the measurement model (wrapped in an ``operators.Physics``,
             which makes y) and the posterior-sampling method.
-        dataset: test images, ``load(i)`` -> (C, H, W) in [-1, 1].
-        out_dir: ``<save_dir>/<operator name>``.
+        dataset: test images, ``load(i)`` -> (C, H, W) in [-1, 1]; or, in measurement mode
+            (``dataset.has_labels`` False, a :class:`util.measurement_io.MeasurementFolder`),
+            measurements ``load(i)`` -> y and ``params(i)`` -> kernel / mask.
+        out_dir: ``<save_dir>/<task>`` (:func:`util.layout.run_dir`).
         options: :class:`RunOptions`.
         info: extra entries of summary.json (configs, overrides, versions, device, ...); its
             ``configs`` with ``options.seed`` and ``metric_norm`` identify the run for resuming.
         device: where tensors go.
         lpips_metric: an :class:`util.metrics.LPIPSMetric` (None: the LPIPS column stays empty).
         dist: this process's :class:`util.distributed.DistContext` (default: a single process).
+        fixed_params: a kernel or mask given in the task config for every image (instead of
+            the operator's random draws), or None.
     """
 
     def __init__(self, model: torch.nn.Module, sampler: Any, operator: Any, noiser: Any, solver: Any,
                  dataset: ImageDataset, out_dir: str, options: RunOptions, info: dict,
                  device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None,
-                 dist: DistContext = SINGLE):
+                 dist: DistContext = SINGLE, fixed_params: np.ndarray | None = None):
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
         self.physics = Physics(operator, noiser)
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
         self.device = torch.device(device)
         self.lpips = lpips_metric
         self.dist = dist
+        self.fixed_params = fixed_params
+        self.measured = not getattr(dataset, "has_labels", True)
+        self.progress: RunProgress | None = None
         self.rows: dict[str, dict] = {}
         self.new_rows: dict[str, dict] = {}   # rows this process wrote in this run
 
@@ -289,6 +304,8 @@ class Runner:
         and write summary.json with status ``running``."""
         opt = self.opt
         for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
+            if sub == "label" and self.measured:
+                continue
             os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
         remove_stale_temporaries(self.out_dir)
         if not opt.overwrite:
@@ -344,26 +361,42 @@ class Runner:
             log.info("process %d of %d: %d of the %d images to do", self.dist.rank, self.dist.world_size,
                      len(pending), len(selection))
         batches = [pending[k:k + opt.batch_size] for k in range(0, len(pending), opt.batch_size)]
+        self.progress = RunProgress(len(pending), self.sampler.num_timesteps, enabled=opt.progress)
         try:
             for b, batch in enumerate(batches):
                 self._run_batch(batch, desc=f"batch {b + 1}/{len(batches)}")
+                self.progress.images_done(len(batch))
                 self._write_rows()
                 if self.dist.is_main:
                     self._write_summary(selection, "running")
         except KeyboardInterrupt:
+            self.progress.close()
             self._write_rows()
             if self.dist.is_main:
                 self._write_summary(selection, "interrupted")
+                self._write_grid(selection)
             raise
+        self.progress.close()
         self._write_rows()
         self.dist.wait_for_all()
         if not self.dist.is_main:
             return RunResult(rows=list(self.new_rows.values()), summary={}, out_dir=self.out_dir)
         if self.dist.enabled:
             self._merge_rows()
+        self._write_grid(selection)
         summary = self._write_summary(selection, "complete")
         rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
         return RunResult(rows=rows, summary=summary, out_dir=self.out_dir)
+
+    def _write_grid(self, selection: Sequence[int]) -> None:
+        """grid.png of the first images of the selection (a failure is only a warning)."""
+        try:
+            path = write_run_grid(self.out_dir, [image_name(i) for i in selection])
+        except (OSError, ValueError) as exc:
+            log.warning("could not write grid.png in %s: %s", self.out_dir, exc)
+            return
+        if path:
+            log.info("picture of the run: %s", path)
 
     def _load(self, indices: Sequence[int]) -> tuple[list[int], list[torch.Tensor]]:
         kept, images = [], []
@@ -380,31 +413,68 @@ class Runner:
     def _png(self, sub: str, name: str, img: torch.Tensor) -> None:
         save_png(os.path.join(self.out_dir, sub, name + ".png"), to_unit(img, self.opt.metric_norm))
 
-    def _recorder(self, names: Sequence[str]) -> Callable | None:
-        if not self.opt.record:
-            return None
+    def _callback(self, names: Sequence[str], frames: dict[str, list]) -> Callable:
+        """The per-step callback: advances the run's progress and, with ``--record``, saves
+        x0_hat (``progress/<image>/x_<step>.png``) and keeps the frames of the strip
+        (``progress/<image>.png``, :func:`util.grid.strip_steps`) in ``frames``."""
+        record, progress = self.opt.record, self.progress
+        shown = set(strip_steps(self.sampler.num_timesteps)) if record else set()
 
         def callback(i: int, t: int, x0_hat: torch.Tensor, residual: torch.Tensor) -> None:
-            if record_step(i):
+            if progress is not None:
+                progress.advance(len(names))
+            if record and (record_step(i) or i in shown):
+                unit = to_unit(x0_hat, self.opt.metric_norm)
                 for n, name in enumerate(names):
-                    self._png(os.path.join("progress", name), f"x_{i:04d}", x0_hat[n])
+                    if record_step(i):
+                        save_png(os.path.join(self.out_dir, "progress", name, f"x_{i:04d}.png"), unit[n])
+                    if i in shown:
+                        frames.setdefault(name, []).append((i, to_uint8_image(unit[n])))
         return callback
+
+    def _measurement(self, indices: Sequence[int], images: Sequence[torch.Tensor]
+                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(x (N, C, H, W) or None in measurement mode, y) of a batch, with the physics set up
+        for it. Normal runs measure the clean images (``Physics.measure``): image i's kernel or
+        mask is drawn from (seed, i) (or is the config's fixed one), its noise from (seed, i).
+        Measurement mode takes y (``images``) and the kernels or masks from the folder, and
+        restricts y to what A can produce (inpainting: zeros at the missing pixels)."""
+        seed, n = self.opt.seed, len(indices)
+        if self.measured:
+            set_params(self.physics, [self.dataset.params(i) for i in indices], (n, *self.dataset.image_shape))
+            with torch.no_grad():
+                return None, self.operator.project_measurement(torch.stack(images).to(self.device))
+        x = torch.stack(images).to(self.device)
+        noise = torch_generators(seed, indices, STREAM_NOISE)
+        if self.fixed_params is not None:
+            set_params(self.physics, [self.fixed_params] * n, tuple(x.shape))
+            return x, self.physics.measure(x, None, noise)
+        return x, self.physics.measure(x, numpy_rngs(seed, indices, STREAM_OPERATOR), noise)
+
+    def _residuals(self, y: torch.Tensor, x0: torch.Tensor, ok: Sequence[int]) -> dict[int, float | None]:
+        """{n: ‖y_n − A x̂_n‖ / (σ_n √m_n)} for the images ``ok`` of the batch; m_n counts the
+        entries of y that A measures (the nonzeros of A Aᵀ 1: all of them but inpainting's holes)."""
+        if not ok:
+            return {}
+        with torch.no_grad():
+            ax = self.physics.A(torch.where(torch.isfinite(x0), x0, torch.zeros_like(x0)))
+            observed = self.physics.A(self.physics.A_T(torch.ones_like(y))).abs() > 1e-6
+            values = data_fit_residual(y, ax, self.physics.sigma_n, observed)
+        return {n: values[n] for n in ok}
 
     def _run_batch(self, indices: Sequence[int], desc: str) -> None:
         indices, images = self._load(indices)
         if not indices:
             return
         names = [image_name(i) for i in indices]
-        seed = self.opt.seed
-        x = torch.stack(images).to(self.device)
-        y = self.physics.measure(x, numpy_rngs(seed, indices, STREAM_OPERATOR),
-                                 torch_generators(seed, indices, STREAM_NOISE))
-        generators = torch_generators(seed, indices, STREAM_SAMPLER)
-        x_T = randn(x.shape[1:], generators, device=self.device)
+        x, y = self._measurement(indices, images)
+        generators = torch_generators(self.opt.seed, indices, STREAM_SAMPLER)
+        x_T = randn(self.dataset.image_shape if self.measured else x.shape[1:], generators, device=self.device)
+        frames: dict[str, list] = {}
         self._sync()
         start = time.perf_counter()
         result = sample(self.model, self.sampler, x_T, y, self.solver, self.physics, generators,
-                        callback=self._recorder(names), progress=self.opt.progress,
+                        callback=self._callback(names, frames), progress=False,
                         desc=f"{desc} [{names[0]}..{names[-1]}]")
         self._sync()
         seconds = (time.perf_counter() - start) / len(indices)
@@ -412,30 +482,44 @@ class Runner:
         with torch.no_grad():
             shown = self.operator.display(y)
         ok = [n for n in range(len(indices)) if result.diverged_at[n] is None and bool(torch.isfinite(x0[n]).all())]
-        p = psnr(x0[ok], x[ok], self.opt.metric_norm) if ok else []
-        s = ssim(x0[ok], x[ok], self.opt.metric_norm) if ok else []
-        lp = self.lpips(x0[ok], x[ok], self.opt.metric_norm) if (ok and self.lpips) else [None] * len(ok)
-        scores = {n: (p[k], s[k], lp[k]) for k, n in enumerate(ok)}
+        scores: dict[int, tuple] = {}
+        if x is not None and ok:
+            p = psnr(x0[ok], x[ok], self.opt.metric_norm)
+            s = ssim(x0[ok], x[ok], self.opt.metric_norm)
+            lp = self.lpips(x0[ok], x[ok], self.opt.metric_norm) if self.lpips else [None] * len(ok)
+            scores = {n: (p[k], s[k], lp[k]) for k, n in enumerate(ok)}
+        residuals = self._residuals(y, x0, ok)
         for n, name in enumerate(names):
             self._png("input", name, shown[n])
-            self._png("label", name, x[n])
+            if x is not None:
+                self._png("label", name, x[n])
+            save_npy(os.path.join(self.out_dir, "measurement", name + ".npy"),
+                     y[n].detach().float().cpu().numpy())
             params = self.operator.params(n)
             if params is not None:
                 save_npy(os.path.join(self.out_dir, "params", name + ".npy"), params)
+            if frames.get(name):
+                write_strip(os.path.join(self.out_dir, "progress", name + ".png"), frames[name])
             row = {"image": name, "seconds": f"{seconds:.3f}", "nfe": result.nfe}
-            if n in scores:
+            if n in residuals:
                 self._png("recon", name, x0[n])
-                pv, sv, lv = scores[n]
-                row.update(psnr=f"{pv:.4f}", ssim=f"{sv:.6f}", lpips="" if lv is None else f"{lv:.6f}",
-                           status=STATUS_OK)
+                rv = residuals[n]
+                row.update(residual="" if rv is None else f"{rv:.4f}", status=STATUS_OK)
+                if n in scores:
+                    pv, sv, lv = scores[n]
+                    row.update(psnr=f"{pv:.4f}", ssim=f"{sv:.6f}", lpips="" if lv is None else f"{lv:.6f}")
             else:
                 k = result.diverged_at[n]
                 row["status"] = f"diverged at step {k if k is not None else result.nfe}"
                 log.warning("image %s diverged at step %s; no reconstruction saved", name, row["status"].split()[-1])
             self.rows[name] = self.new_rows[name] = row
-            if n in scores:
-                log.info("image %s: PSNR %.2f dB, SSIM %.4f%s, %.2f s", name, scores[n][0], scores[n][1],
-                         "" if scores[n][2] is None else f", LPIPS {scores[n][2]:.4f}", seconds)
+            if n in residuals:
+                fit = "" if residuals[n] is None else f"residual {residuals[n]:.3f}, "
+                if n in scores:
+                    log.info("image %s: PSNR %.2f dB, SSIM %.4f%s, %s%.2f s", name, scores[n][0], scores[n][1],
+                             "" if scores[n][2] is None else f", LPIPS {scores[n][2]:.4f}", fit, seconds)
+                else:
+                    log.info("image %s: %s%.2f s", name, fit, seconds)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

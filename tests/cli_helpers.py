@@ -25,8 +25,12 @@ TASK_OVERRIDES = {
     "super_resolution": ["task.measurement.operator.in_shape=[1, 3, 32, 32]"],
     "inpainting": [],
 }
-OPERATOR_DIR = {"gaussian_deblur": "gaussian_blur", "motion_deblur": "motion_blur",
-                "super_resolution": "super_resolution", "inpainting": "inpainting"}
+
+
+def run_dir(save_dir: Path, task: str, sampler: str = "DDIM", dps: bool = False) -> Path:
+    """The output folder of :func:`tiny_args` ``(task, ..., save_dir, sampler, dps)``: main.py names
+    it after the task config, ``<save_dir>/FFHQ/<sampler>/[dps_]<task>``."""
+    return Path(save_dir) / "FFHQ" / sampler / (f"dps_{task}" if dps else task)
 
 
 def cli_env(tmp: Path) -> dict:

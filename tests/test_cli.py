@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import (OPERATOR_DIR, REPO, TINY_DDIM, TINY_MODEL, assert_clean_failure, cli_env, make_images,
-                         read_rows, run_inproc, run_main, tiny_args)
+from cli_helpers import (REPO, TINY_DDIM, TINY_MODEL, assert_clean_failure, cli_env, make_images,
+                         read_rows, run_dir, run_inproc, run_main, tiny_args)
 
 
 def pixels(path) -> np.ndarray:
@@ -29,10 +29,10 @@ def check_outputs(out, n_images: int, record: bool = False) -> dict:
             assert (out / sub / f"{name}.png").is_file(), (sub, name)
     rows = read_rows(out / "metrics.csv")
     assert [r["image"] for r in rows] == names
-    assert list(rows[0]) == ["image", "psnr", "ssim", "lpips", "seconds", "nfe", "status"]
+    assert list(rows[0]) == ["image", "psnr", "ssim", "lpips", "residual", "seconds", "nfe", "status"]
     for r in rows:
         assert r["status"] == "ok"
-        assert np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1
+        assert np.isfinite(float(r["psnr"])) and -1 <= float(r["ssim"]) <= 1 and float(r["residual"]) > 0
         assert r["lpips"] == ""          # no AlexNet weights in the private torch hub
         assert int(r["nfe"]) == 3 and float(r["seconds"]) > 0
     summary = json.loads((out / "summary.json").read_text())
@@ -63,7 +63,7 @@ def test_every_task_end_to_end(tmp_path, task, monkeypatch, capsys):
         proc = run_inproc(tiny_args(task, data, tmp_path / "out") + extra, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    out = tmp_path / "out" / OPERATOR_DIR[task]
+    out = run_dir(tmp_path / "out", task)
     summary = check_outputs(out, 2, record=task == "inpainting")
     # the kernel or mask of each image
     for name in ("00000", "00001"):
@@ -91,7 +91,7 @@ def test_ddpm_configs(tmp_path, dps, monkeypatch, capsys):
     args = tiny_args("gaussian_deblur", data, tmp_path / "out", sampler="DDPM", dps=dps)
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = check_outputs(tmp_path / "out" / "gaussian_blur", 1)
+    summary = check_outputs(run_dir(tmp_path / "out", "gaussian_deblur", "DDPM", dps), 1)
     assert summary["configs"]["task"]["conditioning"]["method"] == ("ps" if dps else "CoDPS")
 
 
@@ -104,7 +104,7 @@ def test_results_do_not_depend_on_batch_size(tmp_path, monkeypatch, capsys):
         args = tiny_args("inpainting", data, save) + ["--batch_size", str(bs)]
         proc = run_inproc(args, tmp_path, monkeypatch, capsys)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs.append(save / "inpainting")
+        outs.append(run_dir(save, "inpainting"))
     for name in ("00000", "00001", "00002"):
         for sub in ("recon", "input"):
             a, b = pixels(outs[0] / sub / f"{name}.png"), pixels(outs[1] / sub / f"{name}.png")
@@ -121,7 +121,7 @@ def test_resume_redoes_only_missing_images(tmp_path, monkeypatch, capsys):
     args = tiny_args("gaussian_deblur", data, tmp_path / "out") + ["--batch_size", "2"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "gaussian_blur"
+    out = run_dir(tmp_path / "out", "gaussian_deblur")
     original = pixels(out / "recon" / "00001.png")
     kept = {p: os.stat(p).st_mtime_ns for p in (out / "recon" / "00000.png", out / "recon" / "00002.png",
                                                 out / "label" / "00000.png")}
@@ -129,7 +129,7 @@ def test_resume_redoes_only_missing_images(tmp_path, monkeypatch, capsys):
     (out / "recon" / "00001.png").unlink()
     rows = [r for r in read_rows(out / "metrics.csv") if r["image"] != "00001"]
     with open(out / "metrics.csv", "w") as f:
-        f.write("image,psnr,ssim,lpips,seconds,nfe,status\n")
+        f.write(",".join(rows[0]) + "\n")
         for r in rows:
             f.write(",".join(r.values()) + "\n")
     (out / "recon" / ".00003.png.abc.tmp").write_bytes(b"half")   # debris of a killed write
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes(tmp_path):
     data = tmp_path / "data"
     make_images(data, n=3)
     args = tiny_args("inpainting", data, tmp_path / "out") + ["diffusion.timestep_respacing=ddim25"]
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     # A shell without job control starts background jobs with SIGINT ignored, and Python then
     # installs no KeyboardInterrupt handler: restore the default disposition in the child.
     proc = subprocess.Popen([sys.executable, "main.py", "--device", "cpu", *args], cwd=REPO, env=cli_env(tmp_path),
@@ -197,7 +197,7 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cannot read image" in proc.stderr
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     rows = {r["image"]: r["status"] for r in read_rows(out / "metrics.csv")}
     assert rows == {"00000": "ok", "00001": "unreadable", "00002": "ok"}
     summary = json.loads((out / "summary.json").read_text())
@@ -212,7 +212,7 @@ def test_diverging_sample_is_recorded(tmp_path, monkeypatch, capsys):
     args = tiny_args("inpainting", data, tmp_path / "out") + ["task.conditioning.params.scale=1e300"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     (row,) = read_rows(out / "metrics.csv")
     assert row["status"].startswith("diverged at step ") and row["psnr"] == ""
     assert json.loads((out / "summary.json").read_text())["counts"]["diverged"] == 1
@@ -230,7 +230,7 @@ def test_npz_data_and_grayscale_model(tmp_path, monkeypatch, capsys):
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("centre-cropping and resizing") == 1
-    out = tmp_path / "out" / "super_resolution"
+    out = run_dir(tmp_path / "out", "super_resolution")
     assert pixels(out / "recon" / "00000.png").shape == (32, 32)
     assert len(read_rows(out / "metrics.csv")) == 2
 
@@ -261,16 +261,17 @@ BAD_CASES = {
 def bad_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     make_images(tmp / "data", n=1)
-    out = tmp / "out" / "gaussian_blur"
+    out = run_dir(tmp / "out", "gaussian_deblur")
     out.mkdir(parents=True)
     (out / "metrics.csv").write_text("earlier results\n")
     return tmp
 
 
 def check_untouched(tmp) -> None:
-    assert (tmp / "out" / "gaussian_blur" / "metrics.csv").read_text() == "earlier results\n"
-    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["gaussian_blur"]
-    assert sorted(p.name for p in (tmp / "out" / "gaussian_blur").iterdir()) == ["metrics.csv"]
+    out = run_dir(tmp / "out", "gaussian_deblur")
+    assert (out / "metrics.csv").read_text() == "earlier results\n"
+    assert sorted(str(p.relative_to(tmp / "out")) for p in (tmp / "out").rglob("*")) == \
+        ["FFHQ", "FFHQ/DDIM", "FFHQ/DDIM/gaussian_deblur", "FFHQ/DDIM/gaussian_deblur/metrics.csv"]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))

@@ -18,8 +18,8 @@ import pytest
 from cli_helpers import REPO, cli_env, make_images, read_rows, run_inproc, run_main, tiny_args
 from util.distributed import SINGLE, env_ranks, shard
 
-OUT = "motion_blur"
-COMPARED = ("image", "psnr", "ssim", "lpips", "nfe", "status")   # all but the timing column
+OUT = "FFHQ/DDIM/motion_deblur"
+COMPARED = ("image", "psnr", "ssim", "lpips", "residual", "nfe", "status")   # all but the timing column
 
 
 def torchrun(args: list[str], tmp, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -103,7 +103,7 @@ def test_interrupted_multiprocess_rows_are_merged_on_resume(tmp_path, monkeypatc
     make_images(data, n=2)
     args = tiny_args("inpainting", data, tmp_path / "out")
     assert run_inproc(args, tmp_path, monkeypatch, capsys).returncode == 0
-    out = tmp_path / "out" / "inpainting"
+    out = tmp_path / "out" / "FFHQ" / "DDIM" / "inpainting"
     rows = read_rows(out / "metrics.csv")
     header = "image,psnr,ssim,lpips,seconds,nfe,status\n"
     (out / "metrics.csv").write_text(header + ",".join(rows[0].values()) + "\n")

@@ -27,7 +27,7 @@ def test_run_commands(tmp_path):
     first = proc.stdout.splitlines()[0]
     assert first.startswith("Running dataset=FFHQ sampling_type=DDIM task_config=gaussian_deblur_config")
     assert "configs/FFHQ/DDIM/gaussian_deblur_config.yaml" in first
-    assert (tmp_path / "out" / "gaussian_blur" / "recon" / "00000.png").is_file()
+    assert (tmp_path / "out" / "FFHQ" / "DDIM" / "gaussian_deblur" / "recon" / "00000.png").is_file()
 
 
 def test_run_commands_passes_exit_status(tmp_path):
@@ -47,4 +47,4 @@ def test_batch_command_table_and_status(tmp_path):
     assert "FFHQ       DDIM   gaussian_deblur_config     passed" in out
     assert "FFHQ       DDIM   nope_config                FAILED (exit 2)" in out
     assert out.strip().splitlines()[-1] == "2 runs, 1 passed, 1 failed"
-    assert (tmp_path / "results" / "FFHQ" / "DDIM" / "gaussian_deblur_config" / "gaussian_blur" / "metrics.csv").is_file()
+    assert (tmp_path / "results" / "FFHQ" / "DDIM" / "gaussian_deblur" / "metrics.csv").is_file()

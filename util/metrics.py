@@ -146,3 +146,27 @@ class LPIPSMetric:
             b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
         d = self.net(a.to(self.device), b.to(self.device))
         return [float(v) for v in d.reshape(-1).cpu()]
+
+
+def data_fit_residual(y: torch.Tensor, ax: torch.Tensor, sigma: float, observed: torch.Tensor) -> list[float | None]:
+    """Per-image data-fit residual ‖y − A x̂‖ / (σ_n √m): ≈ 1 when the reconstruction explains
+    the measurement up to noise of std σ_n, ≫ 1 when it does not fit, ≪ 1 when it fits the noise.
+
+    Args:
+        y: (N, ...) measurements on the [-1, 1] scale.
+        ax: (N, ...) A x̂ of the reconstructions, same shape.
+        sigma: σ_n, the noise std on the [-1, 1] scale (0: no normalisation possible).
+        observed: (N, ...) or broadcastable boolean, the entries that are measured (m = their
+            count per image; unmeasured entries, e.g. inpainting's missing pixels, are 0 in both).
+    Returns:
+        N floats, or N None when ``sigma`` is 0.
+
+    >>> data_fit_residual(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 0.5, torch.ones(1, 1, 2, 2) > 0)
+    [2.0]
+    """
+    if sigma <= 0:
+        return [None] * y.shape[0]
+    diff = (y.double() - ax.double()) * observed
+    sq = diff.reshape(y.shape[0], -1).pow(2).sum(dim=1)
+    m = torch.broadcast_to(observed, y.shape).reshape(y.shape[0], -1).sum(dim=1).clamp_min(1).double()
+    return [float(v) for v in torch.sqrt(sq / m) / sigma]
