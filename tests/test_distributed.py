@@ -55,12 +55,12 @@ def test_torchrun_matches_one_process_and_resumes(tmp_path):
     out1, out2 = tmp_path / "one" / OUT, tmp_path / "two" / OUT
     # an earlier run into "two" finished image 00000 only: torchrun must skip it and do the rest
     shutil.copytree(out1, out2)
-    for sub in ("input", "label", "recon", "params"):
+    for sub in ("input", "label", "recon", "params", "measurement"):
         for f in (out2 / sub).iterdir():
             if not f.name.startswith("00000"):
                 f.unlink()
     rows = read_rows(out1 / "metrics.csv")
-    (out2 / "metrics.csv").write_text("image,psnr,ssim,lpips,seconds,nfe,status\n" + ",".join(rows[0].values()) + "\n")
+    (out2 / "metrics.csv").write_text(",".join(rows[0]) + "\n" + ",".join(rows[0].values()) + "\n")
     kept = os.stat(out2 / "recon" / "00000.png").st_mtime_ns
     time.sleep(0.05)
     proc = torchrun(tiny_args("motion_deblur", data, tmp_path / "two"), tmp_path)
@@ -105,7 +105,7 @@ def test_interrupted_multiprocess_rows_are_merged_on_resume(tmp_path, monkeypatc
     assert run_inproc(args, tmp_path, monkeypatch, capsys).returncode == 0
     out = tmp_path / "out" / "FFHQ" / "DDIM" / "inpainting"
     rows = read_rows(out / "metrics.csv")
-    header = "image,psnr,ssim,lpips,seconds,nfe,status\n"
+    header = ",".join(rows[0]) + "\n"
     (out / "metrics.csv").write_text(header + ",".join(rows[0].values()) + "\n")
     (out / "metrics.rank1.csv").write_text(header + ",".join(rows[1].values()) + "\n")
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)

@@ -46,12 +46,11 @@ class RunProgress:
         self.last_line = self.start
         self.bar = None
         if self.enabled and self.tty:
-            self.bar = tqdm(total=self.total, file=stream, dynamic_ncols=True, desc="run", unit="step",
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
-            self.bar.set_postfix_str(self._images_text(), refresh=False)
+            self.bar = tqdm(total=self.total, file=stream, dynamic_ncols=True, desc=self._images_text(),
+                            unit="step", bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
     def _images_text(self) -> str:
-        return f"images {self.done_images}/{self.images}"
+        return f"run: images {self.done_images}/{self.images}"
 
     def eta(self) -> float | None:
         """Seconds left for the run, from the time per image-step so far (None before any step)."""
@@ -85,7 +84,7 @@ class RunProgress:
         if self.bar is not None:
             if target > self.done_steps:
                 self.bar.update(target - self.done_steps)
-            self.bar.set_postfix_str(self._images_text())
+            self.bar.set_description_str(self._images_text())
         self.done_steps = max(self.done_steps, target)
         if self.bar is None:
             self._log()
