@@ -27,6 +27,9 @@ def check_outputs(out, n_images: int, record: bool = False) -> dict:
     for sub in ("input", "label", "recon"):
         for name in names:
             assert (out / sub / f"{name}.png").is_file(), (sub, name)
+    for name in names:   # y in its own geometry, for --measurement_dir
+        assert np.load(out / "measurement" / f"{name}.npy").dtype == np.float32
+    assert (out / "grid.png").is_file()
     rows = read_rows(out / "metrics.csv")
     assert [r["image"] for r in rows] == names
     assert list(rows[0]) == ["image", "psnr", "ssim", "lpips", "residual", "seconds", "nfe", "status"]
@@ -46,6 +49,7 @@ def check_outputs(out, n_images: int, record: bool = False) -> dict:
         for name in names:
             assert sorted(p.name for p in (out / "progress" / name).iterdir()) == \
                 ["x_0000.png", "x_0001.png", "x_0002.png"]
+            assert (out / "progress" / f"{name}.png").is_file()   # the strip of the three steps
     return summary
 
 
