@@ -102,14 +102,15 @@ def run_cell(spec: MethodSpec, task: str, budget: int, num: int, seed: int, batc
     base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
     respacing = respacing_for(spec, budget, base)
     params = method_params(spec, task, respacing)
-    key = cache_key(kind="leaderboard", method=spec.name, task=task, respacing=respacing, params=params,
-                    split="test", num=num, seed=seed, measurement=measurement_config(task),
-                    diffusion=diffusion_config(spec), prior=prior_digest())
+    key = cell_key(spec, task, budget, num, seed)
     rec = cache.get(key)
     recon_path = os.path.join(recon_dir, key + ".npy")
     if rec is None:
         log.info("running %s %s %s NFE (%s) on %d digits", spec.name, task, budget, respacing, num)
         s = run_method(spec, task, params, respacing, "test", num, seed, batch_size)
+        if s.nfe != budget:
+            log.warning("%s %s: the loop counted %d network calls per image for a budget of %d (nfe_per_step?)",
+                        spec.name, task, s.nfe, budget)
         os.makedirs(recon_dir, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, s.recon)
@@ -297,6 +298,32 @@ def registered_without_configs(specs: Mapping[str, Any]) -> list[str]:
             if cls.names and cls.names[0] not in specs and cls.names[0].lower() != "none"]
 
 
+def cell_key(spec: MethodSpec, task: str, budget: int, num: int, seed: int) -> str:
+    """The cache key of a cell (see :func:`run_cell`)."""
+    base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
+    respacing = respacing_for(spec, budget, base)
+    return cache_key(kind="leaderboard", method=spec.name, task=task, respacing=respacing,
+                     params=method_params(spec, task, respacing), split="test", num=num, seed=seed,
+                     measurement=measurement_config(task), diffusion=diffusion_config(spec), prior=prior_digest())
+
+
+def print_plan(plan: list, specs: Mapping[str, MethodSpec], cache: Cache, main_budget: int, num: int,
+               num_other: int, seed: int) -> int:
+    """Print, per method, the cells not yet in the cache and their network calls × digits (the
+    cost unit: multiply by the measured ms per call per digit, docs/benchmarks_leaderboard.md)."""
+    todo: dict[str, list] = {}
+    for b, name, task in plan:
+        n = num if b == main_budget else num_other
+        if cache.get(cell_key(specs[name], task, b, n, seed)) is None:
+            todo.setdefault(name, []).append(n * b)
+    total = len(plan)
+    left = sum(len(v) for v in todo.values())
+    print(f"{total - left} of {total} cells cached; to run:")
+    for name, calls in todo.items():
+        print(f"  {name:10s} {len(calls):3d} cells, {sum(calls):8d} network calls × digits")
+    return 0
+
+
 def main(argv=None) -> int:
     """Run (or resume) the leaderboard and write its tables and figures; returns 0 (2 for bad
     arguments)."""
@@ -313,6 +340,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="4 digits, 20 and 50 NFE; writes to a new temp folder "
                    "unless --out is given")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results; quick: a temp folder)")
+    p.add_argument("--plan", action="store_true", help="print the cells still to run (and their network calls "
+                   "× digits per method) and exit")
     a = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -353,6 +382,8 @@ def main(argv=None) -> int:
                     plan.append((b, name, task))
     plan.sort(key=lambda x: (x[0], x[1], TASKS.index(x[2])))   # cheap budgets first
     main_budget = MAIN_BUDGET if any(b == MAIN_BUDGET for b, _, _ in plan) else max(b for b, _, _ in plan)
+    if a.plan:
+        return print_plan(plan, specs, cache, main_budget, num, num_other, a.seed)
     cells = []
     header = [f"# MNIST leaderboard (embedded prior, digest {prior_digest()})", "",
               f"Test digits: first {num} at {main_budget} NFE, first {num_other} at other budgets; seed {a.seed}; "

@@ -324,6 +324,9 @@ def tune_one(spec: MethodSpec, task: str, budget: int, metric: str = "psnr", num
             try:
                 s = run_method(spec, task, params, respacing, "tune", num, seed, batch_size)
                 rec = dict(psnr=s.psnr, ssim=s.ssim, seconds=s.seconds, nfe=s.nfe, error=None)
+                if s.nfe != budget:
+                    log.warning("%s %s: the loop counted %d network calls per image for a budget of %d "
+                                "(nfe_per_step?)", spec.name, task, s.nfe, budget)
             except ValueError as exc:   # e.g. a value out of the method's valid range
                 rec = dict(psnr=[], ssim=[], seconds=float("nan"), nfe=0, error=" ".join(str(exc).split()))
             if cache is not None:

@@ -194,7 +194,7 @@ def test_tune_cli_runs_caches_and_resumes(tmp_path, monkeypatch):
 
 @needs_digits
 def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
-    args = ["--quick", "--methods", "CoDPS+,DPS", "--tasks", "inpainting", "--budgets", "2,4", "--num", "2",
+    args = ["--quick", "--methods", "CoDPS+,CoDPS", "--tasks", "inpainting", "--budgets", "2,4", "--num", "2",
             "--num_other", "2", "--out", str(tmp_path)]
     assert leaderboard.main(args) == 0
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard_psnr_nfe.png", "leaderboard_psnr_seconds.png"):
