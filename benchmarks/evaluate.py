@@ -68,12 +68,11 @@ def slug(name: str) -> str:
 
 def solver_class(name: str) -> type:
     """The registered class of method ``name`` (case-insensitive). Raises ValueError if unknown."""
-    from solvers import base
-    reg = base._REGISTRY
-    cls = reg.get(name) or next((c for k, c in reg.items() if k.lower() == str(name).lower()), None)
-    if cls is None:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(base.list_solvers())}")
-    return cls
+    from solvers.base import list_methods, list_solvers
+    for cls in list_methods():
+        if any(n.lower() == str(name).lower() for n in cls.names):
+            return cls
+    raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_solvers())}")
 
 
 def task_of(config_name: str) -> str | None:
@@ -224,6 +223,7 @@ def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing
         ValueError: bad parameters (from the solver), an unknown split, num out of range.
     """
     from builder import build_sampler, build_solver
+    from sampling import sample
     from util.seeding import STREAM_SAMPLER, randn, torch_generators
     x, idx = digits(split, num)
     meas = {"measurement": measurement_config(task)}
@@ -234,11 +234,11 @@ def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing
     out, seconds, nfe = [], 0.0, 0
     for s in range(0, len(idx), batch_size):
         xb, ib = x[s:s + batch_size], idx[s:s + batch_size]
-        m = measure(meas, xb, ib, seed)
-        solver = build_solver({"method": spec.name, "params": dict(params)}, m.operator, m.noiser)
+        m = measure(meas, xb, ib, seed)          # physics.measure: y from (seed, i) draws
+        solver = build_solver({"method": spec.name, "params": dict(params)}, m.physics)
         gens = torch_generators(seed, ib, STREAM_SAMPLER)
         t0 = time.perf_counter()
-        res = sampler.sample(model, randn(xb.shape[1:], gens), m.y, solver, gens, progress=False)
+        res = sample(model, sampler, randn(xb.shape[1:], gens), m.y, solver, m.physics, gens, progress=False)
         seconds += time.perf_counter() - t0
         nfe = res.nfe
         out.append(res.x0.detach().float())

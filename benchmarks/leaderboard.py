@@ -289,11 +289,8 @@ def write_figures(out: str, cells: list[Cell], curve_num: int) -> list[str]:
 
 def registered_without_configs(specs: Mapping[str, Any]) -> list[str]:
     """Registered methods (aliases collapsed, ``none`` excluded) that have no MNIST configs."""
-    from solvers import base
-    classes = []
-    for cls in base._REGISTRY.values():
-        if cls not in classes:
-            classes.append(cls)
+    from solvers.base import list_methods
+    classes = list_methods()
     return [f"{cls.names[0]} (no configs/MNIST/*/ task config)" for cls in classes
             if cls.names and cls.names[0] not in specs and cls.names[0].lower() != "none"]
 

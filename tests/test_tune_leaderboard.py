@@ -213,3 +213,17 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(leaderboard, "run_method", boom)
     assert leaderboard.main(args) == 0
     assert (tmp_path / "leaderboard.csv").read_text() == csv_before
+
+
+def test_every_shipped_tuned_entry_builds():
+    """Each ``conditioning.tuned`` entry of a shipped task config gives a valid solver at its respacing."""
+    from builder import build_solver
+    from util.config import load_yaml
+    for path in sorted((REPO / "configs").glob("*/*/*_config.yaml")):
+        task = load_yaml(str(path))
+        tuned = (task.get("conditioning") or {}).get("tuned")
+        if not tuned:
+            continue
+        check_task_layout(task, str(path))
+        for respacing in tuned:
+            build_solver(apply_tuned(task, respacing)["conditioning"])
