@@ -204,6 +204,8 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
     first = dict(zip(rows[0].split(","), rows[1].split(",")))
     assert first["budget"] == "2" and first["n"] == "2" and first["nfe"] == "2"
     assert first["dpsnr"] == "0.000" and first["wins_psnr"] == "0/2"          # the best against itself
+    if (REPO / "ckpts" / "mnist_classifier.pt").is_file():                    # digit accuracy from the classifier
+        assert 0.0 <= float(first["acc"]) <= 1.0 and "Digit classifier" in (tmp_path / "leaderboard.md").read_text()
     md = (tmp_path / "leaderboard.md").read_text()
     assert "### inpainting" in md and "Pareto front" in md
     csv_before = (tmp_path / "leaderboard.csv").read_text()
