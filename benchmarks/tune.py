@@ -71,24 +71,36 @@ class Space:
 
 #: The one place where search spaces are defined, keyed by registered method name.
 #: A new method needs one line here, or none (see :func:`space_for`).
+#: Ranges start around each paper's default; η-like shares are bounded by 1.
 SPACES: dict[str, Space] = {
     "CoDPS+": Space({"scale": (0.05, 1.0)}, per_step=("t_div",)),
     "CoDPS": Space({"scale": (0.02, 0.5)}, per_step=("t_div",)),
     "DPS": Space({"scale": (0.1, 3.0)}),
     "PiGDM": Space({"scale": (0.1, 3.0)}),
+    "TMPD": Space({"scale": (0.1, 3.0)}),
+    "DDRM": Space({"eta": (0.05, 1.0)}, bounds={"eta": (0.0, 1.0)}),
+    "DDNM": Space({"eta": (0.05, 1.0)}, bounds={"eta": (0.0, 1.0)}),
+    "DiffPIR": Space({"lam": (1.0, 50.0), "zeta": (0.05, 1.0)}, bounds={"zeta": (0.0, 1.0)}),
+    "RED-diff": Space({"lr": (0.02, 0.5), "grad_term_weight": (0.05, 1.0)}),
+    "DAPS": Space({"lr": (1e-5, 1e-3)}),
 }
 
 
 def space_for(name: str, base_params: Mapping[str, Any]) -> Space:
-    """The search space of method ``name``: its :data:`SPACES` line, else ``scale`` (or the first
+    """The search space of method ``name``: its :data:`SPACES` line (when the parameters it names
+    exist; else a warning and the default), else ``scale`` (or the first
     numeric parameter of its ``Param`` specs) over [v / 10, 10 v] around its configured value v
     (its default when v is 0 or not a number; [1e-3, 1] when that is 0 too). A method with no
     numeric parameter gets an empty space (evaluated once, as configured)."""
     cls = solver_class(name)
+    specs = getattr(cls, "params", {}) or {}
     for key in cls.names:
         if key in SPACES:
-            return SPACES[key]
-    specs = getattr(cls, "params", {}) or {}
+            unknown = sorted(set(SPACES[key].ranges) - set(specs))
+            if not unknown:
+                return SPACES[key]
+            log.warning("SPACES[%r] names parameter(s) %s that %s does not have (valid: %s); using the default "
+                        "space", key, ", ".join(unknown), name, ", ".join(specs))
     numeric = [p for p, s in specs.items() if getattr(s, "kind", "") in ("positive", "nonneg", "nonneg_or_auto")]
     if not numeric:
         return Space({})

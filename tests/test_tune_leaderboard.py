@@ -72,6 +72,12 @@ def test_space_default_for_an_unknown_method():
     # PiGDM has a line; "none" has no numeric parameter; a method without a line tunes its scale ×/÷ 10
     assert tune.space_for("pgdm", {}).ranges == {"scale": (0.1, 3.0)}
     assert tune.space_for("none", {}).ranges == {}
+    line = tune.SPACES["PiGDM"]
+    tune.SPACES["PiGDM"] = tune.Space({"nope": (1.0, 2.0)})       # a stale line falls back to the default
+    try:
+        assert tune.space_for("PiGDM", {"scale": 0.5}).ranges == {"scale": (pytest.approx(0.05), pytest.approx(5.0))}
+    finally:
+        tune.SPACES["PiGDM"] = line
     saved = tune.SPACES.pop("DPS")
     try:
         assert tune.space_for("DPS", {"scale": 2.0}).ranges == {"scale": (pytest.approx(0.2), pytest.approx(20.0))}
