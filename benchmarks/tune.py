@@ -231,7 +231,8 @@ def tpe_search(f: Callable[[dict, str], Evaluation], ranges: Mapping[str, tuple[
             evals.append(e)
             study.tell(trial, max(e.score(metric), -1e9))
 
-    first = {k: fmt(v) for k, v in (start or {}).items() if k in ranges} if start else None
+    first = {k: fmt(v) for k, v in (start or {}).items() if k in ranges and isinstance(v, (int, float))
+             and not isinstance(v, bool) and v > 0} if start else None
     if first is not None and not (set(first) == set(ranges) and all(
             ranges[k][0] <= first[k] <= ranges[k][1] for k in ranges)):
         first = None

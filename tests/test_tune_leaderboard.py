@@ -66,6 +66,13 @@ def test_tpe_extends_the_range_of_an_edge_parameter():
     # the same seed and (deterministic) objective replay the same trials: the cache makes resumption exact
     again, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, seed=0)
     assert [e.values for e in again] == [e.values for e in evals]
+    # the configured values are the first trial when they are numbers inside the ranges, else ignored
+    ev, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, max_evals=2,
+                            max_extend=0, start={"a": 0.5, "b": 0.2})
+    assert ev[0].values == {"a": 0.5, "b": 0.2}
+    ev, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, max_evals=2,
+                            max_extend=0, start={"a": "auto", "b": 0.2})
+    assert len(ev) == 2
 
 
 def test_space_default_for_an_unknown_method():
