@@ -379,6 +379,12 @@ def main(argv=None) -> int:
                     plan.append((b, name, task))
     plan.sort(key=lambda x: (x[0], x[1], TASKS.index(x[2])))   # cheap budgets first
     main_budget = MAIN_BUDGET if any(b == MAIN_BUDGET for b, _, _ in plan) else max(b for b, _, _ in plan)
+    differ = sorted({f"{name} {task}" for _, name, task in plan
+                     if load_yaml(specs[name].configs[task], "task config").get("measurement")
+                     != measurement_config(task)})
+    if differ:
+        log.warning("the measurement section of %s differs from configs/MNIST/DDIM/<task>_config.yaml; the "
+                    "leaderboard gives every method that one", ", ".join(differ))
     if a.plan:
         return print_plan(plan, specs, cache, main_budget, num, num_other, a.seed)
     cells = []
@@ -396,6 +402,9 @@ def main(argv=None) -> int:
                       f"{len(imgs)} clean test digits.")
     else:
         header.append(f"Digit accuracy not available: {clf.why}")
+    if differ:
+        header.append(f"Configs whose own measurement section differs (run here with the common one): "
+                      f"{', '.join(differ)}.")
     try:
         for b, name, task in plan:
             n = num if b == main_budget else num_other
