@@ -38,6 +38,7 @@ import torch
 
 from benchmarks.mnist_common import ROOT, config_path
 from builder import build_model, build_sampler
+from sampling import sample
 from solvers import get_solver
 from util.config import ConfigError, load_yaml
 from util.digit_classifier import (DEFAULT_PATH, frechet_distance, load_classifier, penultimate_features,
@@ -83,12 +84,12 @@ def score(x: torch.Tensor, clf, test_feats: np.ndarray) -> dict:
 def sample_prior(model, diffusion_cfg: dict, num: int, seed: int, batch: int, shape=(1, 32, 32)) -> torch.Tensor:
     """``num`` unconditional samples (num, *shape) in [-1, 1]; sample i seeded by (seed, i)."""
     sampler = build_sampler(diffusion_cfg)
-    solver = get_solver("none", None, None)
+    solver = get_solver("none")
     out = []
     for start in range(0, num, batch):
         idx = range(start, min(num, start + batch))
         gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = sampler.sample(model, randn(shape, gens), None, solver, gens, progress=False)
+        res = sample(model, sampler, randn(shape, gens), None, solver, None, gens, progress=False)
         out.append(res.x0.clamp(-1, 1).float().cpu())
         log.info("sampled %d / %d", idx[-1] + 1, num)
     return torch.cat(out)
