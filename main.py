@@ -147,7 +147,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     process). Raises BadInput (or the config / data / component errors) on bad input."""
     from builder import build_problem, diffusion_config_keys, model_config_keys
     from guided_diffusion.unet import resolve_channels_last
-    from util.config import apply_overrides, load_yaml
+    from util.config import apply_overrides, apply_tuned, check_task_layout, load_yaml, overridden_params
     for flag in ("batch_size", "num_images"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -157,6 +157,10 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
                "task": load_yaml(args.task_config, "task config")}
     configs, applied = apply_overrides(configs, args.overrides,
                                        {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
+    # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
+    check_task_layout(configs["task"], args.task_config)
+    configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
+                                  keep=overridden_params(applied))
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")

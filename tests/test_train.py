@@ -79,3 +79,58 @@ def test_mnist_split_rule():
     assert parts["test"][0] == 19 and parts["tune"][0] == 18
     with pytest.raises(ValueError, match="split"):
         split_indices("val")
+
+
+def test_init_from_heldout_and_portable_resume(tmp_path, npz):
+    """init_from starts model and EMA at the given weights with the step counter at init_step; the
+    held-out row at init_step is the loss of exactly those weights on the fixed (t, noise) draw;
+    the resume state at ``checkpoint`` carries the held-out history to a fresh out_dir."""
+    from guided_diffusion.gaussian_diffusion import create_sampler
+    from guided_diffusion.train import HeldOut, load_training_images
+    init = tmp_path / "init.pt"
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        torch.save(create_model(**TINY).state_dict(), init)
+    ck = tmp_path / "resume" / "state.pt"
+    cfg = dict(data=npz, batch_size=4, steps=12, save_interval=2, log_interval=1, out_dir=str(tmp_path / "a"),
+               warmup=1, num_threads=1, init_from=str(init), init_step=10, checkpoint=str(ck), heldout=npz,
+               heldout_num=5, heldout_t=[3, 700], heldout_seed=7, save_seconds=0)
+    r = train(TINY, DIFF, cfg, progress=False)
+    assert r["step"] == 12 and [int(x["step"]) for x in _rows(tmp_path / "a")] == [11, 12]
+    with open(tmp_path / "a" / "heldout.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(x["step"]) for x in rows] == [10, 12]
+    model = create_model(**{**TINY, "model_path": str(init)}).eval()
+    ref = HeldOut(load_training_images(npz, 16, 1)[:5], [3, 700], 7)(model, create_sampler(**DIFF), "cpu")
+    for key in ("mse", "loss", "mse_t3", "mse_t700"):
+        assert float(rows[0][key]) == pytest.approx(ref[key], rel=1e-4, abs=1e-6)
+    assert float(rows[1]["mse"]) != float(rows[0]["mse"])
+    state = torch.load(ck, weights_only=True)
+    assert state["step"] == 12 and state["start_step"] == 10 and len(state["heldout"]) == 2
+    # another machine: a fresh out_dir, same checkpoint; init_from is ignored once it exists
+    r2 = train(TINY, DIFF, {**cfg, "out_dir": str(tmp_path / "b"), "steps": 14, "init_from": "/nonexistent"},
+               progress=False)
+    assert r2["step"] == 14
+    with open(tmp_path / "b" / "heldout.csv") as f:
+        assert [int(x["step"]) for x in csv.DictReader(f)] == [10, 12, 14]
+
+
+def test_init_from_mismatch_and_time_based_saves(tmp_path, npz):
+    bad = tmp_path / "bad.pt"
+    torch.save({"w": torch.zeros(1)}, bad)
+    cfg = dict(data=npz, batch_size=4, steps=3, save_interval=1000, log_interval=1000, out_dir=str(tmp_path / "o"),
+               num_threads=1, heldout=npz, heldout_num=2, heldout_t=[5])
+    with pytest.raises(ValueError, match="init_from"):
+        train(TINY, DIFF, {**cfg, "init_from": str(bad)}, progress=False)
+    train(TINY, DIFF, {**cfg, "save_seconds": 1e-9}, progress=False)     # saves after every step
+    with open(tmp_path / "o" / "heldout.csv") as f:
+        assert [int(x["step"]) for x in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
+def test_resolve_bf16():
+    from guided_diffusion.train import resolve_bf16
+    assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cuda") is False
+    assert resolve_bf16("auto", "cuda") is True
+    assert resolve_bf16("auto", "cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_bf16("yes", "cpu")

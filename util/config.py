@@ -10,10 +10,13 @@ constructed.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 #: The config sections an override can address, and the option that names each file.
 SECTIONS = ("model", "diffusion", "task")
@@ -25,7 +28,7 @@ FLEXIBLE_KEYS = frozenset({"channel_mult", "attention_resolutions", "timestep_re
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
-    "conditioning": {"method": str, "params": None},
+    "conditioning": {"method": str, "params": None, "tuned": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
 }
@@ -207,7 +210,7 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
             raise ConfigError(f"{path}: missing {section}.{key}")
     for key in task["conditioning"]:
         if key not in TASK_LAYOUT["conditioning"]:
-            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: method, params")
+            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: method, params, tuned")
     for key in task["measurement"]:
         if key not in TASK_LAYOUT["measurement"]:
             raise ConfigError(f"{path}: unknown key measurement.{key}; valid keys: operator, noise")
@@ -220,3 +223,61 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
     params = task["conditioning"].get("params")
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"{path}: conditioning.params must be a mapping")
+    tuned = task["conditioning"].get("tuned")
+    if tuned is not None and (not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values())):
+        raise ConfigError(f"{path}: conditioning.tuned must map a timestep_respacing (e.g. ddim20) to a mapping "
+                          "of parameters")
+
+
+def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = ()) -> dict:
+    """The task config as it runs at ``timestep_respacing`` = ``respacing``: a deep copy with
+    ``conditioning.tuned[respacing]`` (the values ``python -m benchmarks.tune --apply`` chose for
+    that step count) merged into ``conditioning.params``, and ``tuned`` removed.
+
+    Args:
+        task: a task config; ``conditioning.tuned`` (optional) maps respacings (``ddim20``,
+            ``"250"``; keys compare as strings) to parameter mappings.
+        respacing: the diffusion config's ``timestep_respacing`` (str or int).
+        keep: parameter names set explicitly (e.g. on the command line); they are not replaced.
+
+    Returns:
+        The resolved task config. When ``tuned`` exists but has no entry for ``respacing``, one
+        warning line says that the step-counted values of ``params`` are used as they are.
+
+    Raises:
+        ConfigError: ``tuned`` is not a mapping of mappings.
+
+    Example:
+        >>> cfg = {"conditioning": {"method": "CoDPS+", "params": {"scale": 0.2, "t_div": 15},
+        ...                         "tuned": {"ddim20": {"scale": 0.5, "t_div": 3}}}}
+        >>> apply_tuned(cfg, "ddim20")["conditioning"]
+        {'method': 'CoDPS+', 'params': {'scale': 0.5, 't_div': 3}}
+        >>> apply_tuned(cfg, "ddim20", keep=["scale"])["conditioning"]["params"]
+        {'scale': 0.2, 't_div': 3}
+    """
+    out = copy.deepcopy(dict(task))
+    cond = out.get("conditioning")
+    if not isinstance(cond, dict) or cond.get("tuned") is None:
+        return out
+    cond = out["conditioning"] = dict(cond)
+    tuned = cond.pop("tuned")
+    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+        raise ConfigError("task config: conditioning.tuned must map a timestep_respacing to a mapping of parameters")
+    table = {str(k): v for k, v in tuned.items()}
+    entry = table.get(str(respacing))
+    if entry is None:
+        log.warning("task config has tuned values for timestep_respacing %s but not for %s; using "
+                    "conditioning.params as they are (step-counted values such as t_div may not fit)",
+                    ", ".join(table), respacing)
+        return out
+    keep = set(keep)
+    params = dict(cond.get("params") or {})
+    params.update({k: v for k, v in entry.items() if k not in keep})
+    cond["params"] = params
+    return out
+
+
+def overridden_params(applied: Mapping[str, Any]) -> set[str]:
+    """Names of the solver parameters among applied overrides (``task.conditioning.params.X``)."""
+    prefix = "task.conditioning.params."
+    return {k[len(prefix):].split(".")[0] for k in applied if k.startswith(prefix)}

@@ -1,0 +1,306 @@
+"""What the tuner and the leaderboard share: which registered methods have MNIST configs (and in
+which sampler folder), how an NFE budget maps to a ``timestep_respacing``, one scored run of a
+method on a set of digits, and the on-disk cache that makes both resumable.
+
+Budget = NFE, the network calls per image. A method reports its calls per reverse step as the
+class attribute ``nfe_per_step`` (default 1; a method with extra calls sets it, or a callable
+``nfe_per_step(params) -> int``); the respacing then has budget / nfe_per_step steps:
+``ddim<steps>`` for methods whose configs live in ``configs/MNIST/DDIM``, ``"<steps>"`` (respaced
+DDPM) for those in ``configs/MNIST/DDPM``. The NFE the loop counted is recorded with every
+result, so a method that miscounts shows up in the tables.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from benchmarks.mnist_common import ROOT, TASKS, config_path, digits, load_prior, measure
+from util.config import apply_tuned, load_yaml
+from util.metrics import psnr, ssim
+
+log = logging.getLogger(__name__)
+
+#: Sampler folders of configs/MNIST, in order of preference when a method has configs in both.
+SAMPLINGS = ("DDIM", "DDPM")
+#: The budgets (NFE per image) every method is run at; methods of the DDPM folder add DDPM_BUDGET.
+BUDGETS = (20, 50, 100)
+DDPM_BUDGET = 250
+#: Bump when a change of the evaluation code invalidates cached results.
+CACHE_VERSION = 1
+#: Task whose CoDPS+ config (configs/MNIST/DDIM/<task>_config.yaml) defines the measurement that
+#: every method of the leaderboard and the tuner gets, so that all see the same y.
+MEASUREMENT_FOLDER = "DDIM"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method with MNIST configs.
+
+    Attributes:
+        name: its first registered name (e.g. ``"CoDPS+"``).
+        sampling: ``"DDIM"`` or ``"DDPM"``, the folder of its configs (and its sampler).
+        configs: {task: path of its task config}.
+    """
+    name: str
+    sampling: str
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """File-name form of the name: lower case, ``+`` -> ``_plus``, other symbols -> ``_``."""
+        return slug(self.name)
+
+
+def slug(name: str) -> str:
+    """``"CoDPS+"`` -> ``"codps_plus"``; lower case with ``+`` spelled out, other symbols -> ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "_plus")).strip("_")
+
+
+def solver_class(name: str) -> type:
+    """The registered class of method ``name`` (case-insensitive). Raises ValueError if unknown."""
+    from solvers.base import list_methods, list_solvers
+    for cls in list_methods():
+        if any(n.lower() == str(name).lower() for n in cls.names):
+            return cls
+    raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_solvers())}")
+
+
+def task_of(config_name: str) -> str | None:
+    """The MNIST task of a task-config file name (``dps_inpainting_box_config.yaml`` ->
+    ``inpainting_box``), or None for model / diffusion / other files."""
+    stem = os.path.basename(config_name)
+    if not stem.endswith("_config.yaml"):
+        return None
+    stem = stem[:-len("_config.yaml")]
+    for task in sorted(TASKS, key=len, reverse=True):
+        if stem == task or stem.endswith("_" + task):
+            return task
+    return None
+
+
+def discover(root: str = ROOT) -> dict[str, MethodSpec]:
+    """Every registered method that has MNIST task configs, by its first registered name.
+
+    Scans ``configs/MNIST/<DDIM|DDPM>/*_config.yaml`` and groups the task configs by
+    ``conditioning.method`` (resolved through the solver registry, so aliases group together).
+    A method with configs in both folders keeps the DDIM ones (a warning names the others).
+    Methods registered without MNIST configs (``none``) are not listed.
+
+    Raises:
+        ValueError: a config names a method that is not registered, or two configs of one
+            method and folder are for the same task.
+    """
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for sampling in SAMPLINGS:
+        for path in sorted(glob.glob(os.path.join(root, "configs", "MNIST", sampling, "*_config.yaml"))):
+            task = task_of(path)
+            if task is None:
+                continue
+            cfg = load_yaml(path, "task config")
+            method = (cfg.get("conditioning") or {}).get("method")
+            if method is None:
+                continue
+            name = solver_class(method).names[0]
+            tasks = found.setdefault((name, sampling), {})
+            if task in tasks:
+                raise ValueError(f"two {sampling} configs of {name} for {task}: {tasks[task]} and {path}")
+            tasks[task] = path
+    specs: dict[str, MethodSpec] = {}
+    for (name, sampling), tasks in found.items():
+        if name in specs:
+            log.warning("%s has MNIST configs in %s and %s; using %s", name, specs[name].sampling, sampling,
+                        specs[name].sampling)
+            continue
+        specs[name] = MethodSpec(name, sampling, dict(sorted(tasks.items(), key=lambda kv: TASKS.index(kv[0]))))
+    return specs
+
+
+def budgets_of(spec: MethodSpec) -> tuple[int, ...]:
+    """NFE budgets of a method: 20, 50, 100, plus 250 when its configs are DDPM ones."""
+    return BUDGETS + ((DDPM_BUDGET,) if spec.sampling == "DDPM" else ())
+
+
+def nfe_per_step(name: str, params: Mapping[str, Any]) -> int:
+    """Network calls per reverse step that method ``name`` declares (``nfe_per_step``, an int
+    or a callable of the params; default 1)."""
+    value = getattr(solver_class(name), "nfe_per_step", 1)
+    value = value(dict(params)) if callable(value) else value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"method {name!r}: nfe_per_step must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def respacing_for(spec: MethodSpec, budget: int, params: Mapping[str, Any]) -> str:
+    """The ``timestep_respacing`` that spends ``budget`` network calls per image.
+
+    Raises:
+        ValueError: the budget is not a positive multiple of the method's calls per step.
+    """
+    k = nfe_per_step(spec.name, params)
+    if budget < 1 or budget % k:
+        raise ValueError(f"{spec.name}: budget {budget} NFE is not a multiple of its {k} calls per step")
+    steps = budget // k
+    return f"ddim{steps}" if spec.sampling == "DDIM" else str(steps)
+
+
+def steps_of(respacing: str) -> int:
+    """Reverse steps of a respacing string (``ddim50`` -> 50, ``"250"`` -> 250, ``"10,10"`` -> 20)."""
+    s = str(respacing)
+    if s.startswith("ddim"):
+        return int(s[4:])
+    return sum(int(v) for v in s.split(","))
+
+
+def diffusion_config(spec: MethodSpec) -> dict:
+    """The method's folder's diffusion config (configs/MNIST/<sampling>/diffusion_config.yaml)."""
+    return load_yaml(config_path(spec.sampling, "diffusion_config"))
+
+
+def method_params(spec: MethodSpec, task: str, respacing: str) -> dict:
+    """The parameters ``main.py`` would run method ``spec`` with on ``task`` at ``respacing``:
+    ``conditioning.params`` with the config's ``tuned`` entry for that respacing applied."""
+    cfg = load_yaml(spec.configs[task], "task config")
+    return dict(apply_tuned(cfg, respacing)["conditioning"].get("params") or {})
+
+
+def measurement_config(task: str) -> dict:
+    """The measurement section every method gets for ``task`` (see MEASUREMENT_FOLDER)."""
+    return load_yaml(config_path(MEASUREMENT_FOLDER, f"{task}_config"))["measurement"]
+
+
+def file_digest(path: str) -> str:
+    """First 16 hex digits of the SHA-256 of a file ("missing" when it does not exist)."""
+    if not os.path.isfile(path):
+        return "missing"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def prior_digest() -> str:
+    """Digest of the embedded prior's checkpoint, so that cached results die with the prior."""
+    cfg = load_yaml(config_path("DDPM", "model_config"))
+    return file_digest(os.path.join(ROOT, cfg["model_path"]))
+
+
+@dataclass
+class Scored:
+    """A method's reconstructions of a set of digits, scored.
+
+    Attributes:
+        psnr, ssim: per digit, on (x + 1) / 2 clipped to [0, 1] (dB; unitless).
+        seconds: wall seconds per image of the sampling (measurement and scoring excluded).
+        nfe: network calls per image, as counted by the sampling loop.
+        recon: (N, 1, 32, 32) uint8 reconstructions (for re-scoring), or None.
+    """
+    psnr: list
+    ssim: list
+    seconds: float
+    nfe: int
+    recon: np.ndarray | None = None
+
+
+def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing: str, split: str,
+               num: int, seed: int, batch_size: int = 8) -> Scored:
+    """Restore the first ``num`` digits of ``split`` with method ``spec`` and ``params`` at
+    ``respacing``, measured as in the CLI (image i: operator and noise draws from (seed, i)),
+    with the measurement of :func:`measurement_config`, in batches of ``batch_size`` (results do
+    not depend on it for the methods that are batch-independent; the seconds do).
+
+    Raises:
+        ValueError: bad parameters (from the solver), an unknown split, num out of range.
+    """
+    from builder import build_sampler, build_solver
+    from sampling import sample
+    from util.seeding import STREAM_SAMPLER, randn, torch_generators
+    x, idx = digits(split, num)
+    meas = {"measurement": measurement_config(task)}
+    dcfg = diffusion_config(spec)
+    dcfg["timestep_respacing"] = respacing
+    sampler = build_sampler(dcfg)
+    model = load_prior()
+    out, seconds, nfe = [], 0.0, 0
+    for s in range(0, len(idx), batch_size):
+        xb, ib = x[s:s + batch_size], idx[s:s + batch_size]
+        m = measure(meas, xb, ib, seed)          # physics.measure: y from (seed, i) draws
+        solver = build_solver({"method": spec.name, "params": dict(params)}, m.physics)
+        gens = torch_generators(seed, ib, STREAM_SAMPLER)
+        t0 = time.perf_counter()
+        res = sample(model, sampler, randn(xb.shape[1:], gens), m.y, solver, m.physics, gens, progress=False)
+        seconds += time.perf_counter() - t0
+        nfe = res.nfe
+        out.append(res.x0.detach().float())
+    rec = torch.cat(out)
+    ps, ss = psnr(rec, x), ssim(rec, x)
+    u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return Scored([float(v) for v in ps], [float(v) for v in ss], seconds / len(idx), int(nfe), u8)
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable key (SHA-1 hex of the sorted JSON of ``parts`` and CACHE_VERSION)."""
+    text = json.dumps({"v": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class Cache:
+    """Results on disk, one JSON object per line, keyed by :func:`cache_key`; appending a line is
+    the only write, so an interrupted run loses at most the line it was writing (a broken last
+    line is ignored on reading) and several processes may append to one file.
+
+    Args:
+        path: the JSONL file (its folder is created on the first put).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._data: dict[str, dict] = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue   # a line cut short by an interruption
+                    if isinstance(rec, dict) and "key" in rec:
+                        self._data[rec["key"]] = rec
+
+    def get(self, key: str) -> dict | None:
+        """The record stored under ``key``, or None."""
+        return self._data.get(key)
+
+    def put(self, key: str, record: Mapping[str, Any]) -> dict:
+        """Store ``record`` under ``key`` (appends one line, flushed and fsync'ed); returns it."""
+        rec = {"key": key, **record}
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        line = json.dumps(rec, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._data[key] = rec
+        return rec
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+    """(mean, standard error = sample std / √n) of finite values; SE is nan for n < 2."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se

