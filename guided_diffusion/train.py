@@ -150,7 +150,9 @@ class HeldOut:
 def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool = True) -> dict:
     """Run (or resume) training; returns {"step", "loss", "seconds", "ema_path"}.
 
-    Raises ValueError for unknown train keys (listing the valid ones)."""
+    Raises ValueError for unknown train keys (listing the valid ones), a bad ``bf16`` value, an
+    ``init_from`` file that does not match the model, or ``heldout: tune`` without MNIST data;
+    FileNotFoundError for a missing ``init_from`` or data file."""
     unknown = set(train_cfg) - set(TRAIN_DEFAULTS)
     if unknown:
         raise ValueError(f"train config: unknown key(s) {sorted(unknown)}; valid: {sorted(TRAIN_DEFAULTS)}")
