@@ -6,6 +6,7 @@ as images per hour.
     python -m benchmarks.speed --e2e                 # = python -m benchmarks.e2e
     python -m benchmarks.e2e --quick                 # seconds; writes to a temporary folder
     python -m benchmarks.e2e --compile               # torch.compile off / on, CoDPS+ (compile_<device>.md)
+    python -m benchmarks.e2e --throughput --device cuda --sizes 256   # batch 1 and the largest batch
 
 Runs go through ``main.py`` itself, so that the figures are those of the user's command whatever
 the sampling code looks like inside. Extrapolation, where fewer steps than 100 are run (the
@@ -43,6 +44,8 @@ SIZES = {
     "256": ("configs/FFHQ/DDIM/model_config.yaml", "configs/FFHQ/DDIM/diffusion_config.yaml",
             "configs/FFHQ/DDIM/super_resolution_config.yaml", ["model.model_path="]),
 }
+#: Batches tried by ``--throughput`` (2-step runs, growing until one fails or the budget is spent).
+THROUGHPUT_BATCHES = (4, 16, 64, 128, 256, 512, 1024)
 #: Precision modes: the ``model.use_fp16`` value of each.
 PRECISIONS = {"fp32": "false", "half": "true", "auto": "auto"}
 
@@ -94,6 +97,8 @@ def make_images(folder: str, n: int, size: int, channels: int = 3, seed: int = 0
     rng = np.random.default_rng(seed)
     for i in range(n):
         low = rng.random((8, 8, channels))
+        if os.path.isfile(os.path.join(folder, f"{i:05d}.png")):
+            continue
         img = np.kron(low, np.ones((size // 8, size // 8, 1)))
         img = (255 * img).astype(np.uint8)
         Image.fromarray(img[..., 0] if channels == 1 else img).save(os.path.join(folder, f"{i:05d}.png"))
@@ -261,12 +266,75 @@ def run_compile(args: argparse.Namespace, work: str) -> dict:
     return {"rows": rows, "extrapolated": extrapolated}
 
 
+def run_throughput(args: argparse.Namespace, work: str) -> dict:
+    """CoDPS+ (``use_fp16: auto``) at ``args.sizes[0]``: a ``args.steps``-step run at batch 1, then
+    2-step runs at growing batches (:data:`THROUGHPUT_BATCHES` up to ``--max_batch``) until one
+    fails (out of memory) or ``--budget_s`` is spent, then a run at the largest batch that fitted
+    (with fewer steps, scaled, when 100 would not fit in the budget). Images per minute from the
+    sampling time and from the whole process."""
+    start = time.perf_counter()
+    size = args.sizes[0]
+    rows, fits = [], []
+
+    def one(images: int, steps: int, role: str) -> dict:
+        row = run_main(size, "CoDPS+", "auto", steps, images, images, work, args.device, args.threads,
+                       timeout_s=args.timeout_s)
+        row["role"] = role
+        if row["status"] == "ok":
+            row["images_per_min_sampling"] = 60 * images / row["sampling_s"] * steps / TARGET_STEPS
+            row["images_per_min_wall"] = 60 * images / (row["rest_s"] + row["sampling_s"] * TARGET_STEPS / steps)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        return row
+
+    one(1, args.steps, "batch 1")
+    for b in [b for b in THROUGHPUT_BATCHES if b <= args.max_batch]:
+        if time.perf_counter() - start > args.budget_s / 2:
+            break
+        row = one(b, 2, "fits?")
+        if row["status"] != "ok":
+            break
+        fits.append(row)
+    if fits:
+        best = fits[-1]
+        per_step = best["sampling_s"] / 2
+        left = max(args.budget_s - (time.perf_counter() - start), 0.0)
+        steps = args.steps if per_step * args.steps < left / 2 else max(2, int(left / 2 / per_step))
+        one(best["images"], min(steps, args.steps), "largest batch")
+    return {"rows": rows, "size": int(size), "max_batch": args.max_batch}
+
+
+def throughput_report(results: dict) -> str:
+    """Markdown of a throughput run, against the issue's targets (≤ 1 s per image at batch 1,
+    ≥ 1,000 images per minute at a large batch)."""
+    m = results["machine"]
+    lines = [f"# CoDPS+ DDIM-{TARGET_STEPS} throughput, {results['size']}×{results['size']} ({results['device']})", "",
+             f"`{results['command']}`, {results['date']}, {results['seconds']:.0f} s.", "",
+             f"Machine: {m.get('gpu') or m['cpu']}; torch {m['torch']}. CoDPS+ super-resolution, use_fp16 / "
+             "channels_last auto, random weights; whole `python main.py` processes. `img/min sampling`: the sampling "
+             f"loop alone, scaled to {TARGET_STEPS} steps; `img/min wall`: the whole process (start-up, load, data, "
+             "metrics, PNGs) with the sampling scaled to 100 steps. Targets: ≤ 1 s per image at batch 1, ≥ 1,000 "
+             "images per minute at a large batch.", "",
+             "| role | batch | steps | precision | NHWC | s/img@100 | img/min sampling | img/min wall | wall (s) | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['role']} | {r['images']} | {r['steps']} | {_fmt(r.get('precision'))} | "
+                     f"{_fmt(r.get('channels_last'))} | {_fmt(r.get('s_per_image_100'))} | "
+                     f"{_fmt(r.get('images_per_min_sampling'), '.4g')} | {_fmt(r.get('images_per_min_wall'), '.4g')} | "
+                     f"{_fmt(r.get('wall_s'), '.1f')} | {r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of ``python -m benchmarks.e2e`` (also ``python -m benchmarks.speed --e2e``)."""
     p = argparse.ArgumentParser(description="Whole-process timing of main.py per method, size and precision.")
     p.add_argument("--quick", action="store_true",
                    help="seconds: 32×32 only, 1 image, 2 steps, mode auto; writes to a temporary folder")
     p.add_argument("--compile", action="store_true", help="compare model.compile false / true for CoDPS+ instead")
+    p.add_argument("--throughput", action="store_true",
+                   help="CoDPS+ at batch 1 and at the largest batch that fits instead (first of --sizes)")
+    p.add_argument("--max_batch", type=int, default=256, help="--throughput: largest batch tried")
+    p.add_argument("--budget_s", type=float, default=240, help="--throughput: time budget in seconds")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (main.py's --device)")
     p.add_argument("--threads", type=int, default=1, help="OMP threads of each main.py process (default 1)")
     p.add_argument("--sizes", default="32,256", help="comma-separated subset of 32,256")
@@ -307,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.compile:
             results = run_compile(args, work)
             name = f"compile_{dev}"
+        elif args.throughput:
+            results = run_throughput(args, work)
+            name = f"speed_{dev}_throughput"
         else:
             methods = args.methods.split(",") if args.methods else registered_methods()
             rows = []
@@ -325,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     from util.image_io import atomic_write_bytes, save_json
     os.makedirs(out, exist_ok=True)
     save_json(os.path.join(out, name + ".json"), results)
-    text = compile_report(results) if args.compile else report(results)
+    text = (compile_report(results) if args.compile else throughput_report(results) if args.throughput
+            else report(results))
     atomic_write_bytes(os.path.join(out, name + ".md"), text.encode("utf-8"))
     print(text)
     print(f"written: {os.path.join(out, name)}.json / .md")
