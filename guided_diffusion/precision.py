@@ -351,13 +351,20 @@ def choose(model: torch.nn.Module, architecture: Mapping[str, Any], use_fp16: An
     if modes:
         side = probe_side(model.image_size, model.levels)
         key = probe_key(caps, architecture, side, modes)
-        timings = load_cached(key)
-        source = "cached probe"
-        if timings is None or any(m not in timings for m in modes):
-            start = time.perf_counter()
-            timings = run_probe(model, modes, model.in_channels, side, device)
-            store_cached(key, timings, caps)
-            source = f"probe of {time.perf_counter() - start:.1f} s"
+        many = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        if not many or torch.distributed.get_rank() == 0:
+            timings = load_cached(key)
+            source = "cached probe"
+            if timings is None or any(m not in timings for m in modes):
+                start = time.perf_counter()
+                timings = run_probe(model, modes, model.in_channels, side, device)
+                store_cached(key, timings, caps)
+                source = f"probe of {time.perf_counter() - start:.1f} s"
+        if many:   # every process takes rank 0's timings: one precision and layout for the whole run
+            box = [(timings, source)]
+            torch.distributed.broadcast_object_list(box, src=0, device=torch.device(device))
+            timings, source = box[0]
         log.info("speed %s at %dx%d: %s", source, side, side,
                  ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in timings.items()))
     precision, layout = decide(settings[0], settings[1], caps, timings)
