@@ -267,3 +267,14 @@ def test_bad_setting_fails_before_the_model_loads(tmp_path, monkeypatch, capsys)
                       tmp_path, monkeypatch, capsys)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: model config: compile must be true, false or auto, got 'maybe'"
+
+
+def test_overrides_switch_between_auto_and_booleans():
+    from util.config import ConfigError, apply_overrides
+    cfg = {"model": {"use_fp16": "auto", "channels_last": True}}
+    out, _ = apply_overrides(cfg, ["model.use_fp16=false", "model.channels_last=auto"])
+    assert out["model"] == {"use_fp16": False, "channels_last": "auto"}
+    with pytest.raises(ConfigError, match="expected a str value"):
+        apply_overrides(cfg, ["model.use_fp16=3"])
+    with pytest.raises(ConfigError, match="expected a bool value"):
+        apply_overrides(cfg, ["model.channels_last=sometimes"])
