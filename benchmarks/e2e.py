@@ -236,6 +236,8 @@ def _at_100(rows: Sequence[dict]) -> tuple[float | None, float | None, float | N
         return None, None, None
     a, b = ok[0], ok[-1]
     step = (b["wall_s"] - a["wall_s"]) / (b["steps"] - a["steps"])
+    if step <= 0:   # the machine's load changed between the runs, or a cache warmed: no estimate
+        return None, step, None
     fixed = a["wall_s"] - a["steps"] * step
     return fixed + TARGET_STEPS * step, step, fixed
 
@@ -254,8 +256,13 @@ def run_compile(args: argparse.Namespace, work: str) -> dict:
                 row["compile_setting"] = setting
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+    return {"rows": rows, "extrapolated": extrapolate_compile(rows, args.sizes)}
+
+
+def extrapolate_compile(rows: Sequence[dict], sizes: Sequence[str]) -> list[dict]:
+    """Eager and compiled wall time at 100 steps per size (see :func:`_at_100`)."""
     extrapolated = []
-    for size in args.sizes:
+    for size in sizes:
         sel = [r for r in rows if str(r["size"]) == size]
         e_100, e_step, e_fixed = _at_100([r for r in sel if r["compile_setting"] == "false"])
         c_100, c_step, c_fixed = _at_100([r for r in sel if r["compile_setting"] == "true"])
@@ -263,7 +270,7 @@ def run_compile(args: argparse.Namespace, work: str) -> dict:
                              "compiled_100": c_100, "speedup": (e_100 / c_100) if e_100 and c_100 else None,
                              "eager_step": e_step, "compiled_step": c_step,
                              "extra_fixed": (c_fixed - e_fixed) if c_fixed is not None and e_fixed is not None else None})
-    return {"rows": rows, "extrapolated": extrapolated}
+    return extrapolated
 
 
 def run_throughput(args: argparse.Namespace, work: str) -> dict:
@@ -325,12 +332,53 @@ def throughput_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compile_forward(size: str, device: str, repeats: int = 3) -> dict:
+    """In one process: the FFHQ (256) or MNIST (32) UNet as configured (``auto`` precision and
+    layout), eager and ``torch.compile``-d, batch 1. Seconds of the compiled model's first call
+    (compiling; inductor's on-disk cache makes it shorter on a machine that compiled the same
+    graphs before), then ``repeats`` alternating timed calls of each (medians)."""
+    import statistics
+    import torch
+    from builder import build_model
+    from util.config import load_yaml
+    cfg = load_yaml(os.path.join(ROOT, SIZES[size][0]))
+    cfg.update(model_path="", compile=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    x = torch.randn(1, model.in_channels, model.image_size, model.image_size, device=device)
+    t = torch.full((1,), 500, device=device)
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    compiled = torch.compile(model)
+    with torch.inference_mode():
+        model(x, t)
+        sync()
+        start = time.perf_counter()
+        compiled(x, t)
+        sync()
+        first = time.perf_counter() - start
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(repeats):
+            for name, fn in (("eager", model), ("compiled", compiled)):
+                start = time.perf_counter()
+                fn(x, t)
+                sync()
+                times[name].append(time.perf_counter() - start)
+    eager, comp = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    return {"size": int(size), "precision": model.speed_settings["precision"],
+            "channels_last": model.speed_settings["channels_last"], "first_compiled_call_s": first,
+            "eager_forward_s": eager, "compiled_forward_s": comp, "times": times,
+            "compile_overhead_s": first - comp,
+            "wall_change_at_100_steps_s": first - comp + TARGET_STEPS * (comp - eager)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of ``python -m benchmarks.e2e`` (also ``python -m benchmarks.speed --e2e``)."""
     p = argparse.ArgumentParser(description="Whole-process timing of main.py per method, size and precision.")
     p.add_argument("--quick", action="store_true",
                    help="seconds: 32×32 only, 1 image, 2 steps, mode auto; writes to a temporary folder")
     p.add_argument("--compile", action="store_true", help="compare model.compile false / true for CoDPS+ instead")
+    p.add_argument("--compile_forward", action="store_true",
+                   help="one process: compile time and eager / compiled forward at the first of --sizes (JSON)")
     p.add_argument("--throughput", action="store_true",
                    help="CoDPS+ at batch 1 and at the largest batch that fits instead (first of --sizes)")
     p.add_argument("--max_batch", type=int, default=256, help="--throughput: largest batch tried")
@@ -366,6 +414,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; writes <out>/speed_e2e_<device>[ _quick].{json,md} or compile_<device>.{json,md}."""
     args = parse_args(argv)
+    if args.compile_forward:
+        import torch
+        torch.set_num_threads(args.threads)
+        print(json.dumps(compile_forward(args.sizes[0], args.device), indent=1))
+        return 0
     start, date = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
     command = "python -m benchmarks.e2e " + " ".join(sys.argv[1:] if argv is None else argv)
     out = args.out or (tempfile.mkdtemp(prefix="codps_e2e_") if args.quick else RESULTS)

@@ -43,6 +43,9 @@ def test_extrapolation_to_100_steps():
     assert (step, fixed, wall) == (2.0, 26.0, 226.0)
     assert e2e._at_100([{"status": "ok", "steps": 100, "wall_s": 9.0}]) == (9.0, None, None)
     assert e2e._at_100([{"status": "error", "steps": 2, "wall_s": 1.0}]) == (None, None, None)
+    # a longer run that took less time (load changed, cache warmed): no estimate
+    assert e2e._at_100([{"status": "ok", "steps": 2, "wall_s": 90.0}, {"status": "ok", "steps": 4, "wall_s": 50.0}]) \
+        == (None, -20.0, None)
 
 
 def test_quick_run_writes_outside_results(tmp_path):
