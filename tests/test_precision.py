@@ -76,8 +76,17 @@ def test_decide_bf16_by_probe():
 
 def test_decide_bf16_not_faster_keeps_fp32_and_nchw():
     prec, layout = P.decide("auto", "auto", AVX512_BF16, timings(fp32=1.0, fp32_cl=1.02, bf16=0.98, bf16_cl=0.97))
-    assert prec.value == "fp32" and "only 1.03x" in prec.reason   # 1.0 / 0.97, below the 1.05 margin
+    assert prec.value == "fp32" and "only 1.03x" in prec.reason   # 1.0 / 0.97, below the 1.10 margin
     assert layout.value is False and "channels_last only 0.98x the NCHW speed (fp32)" in layout.reason
+
+
+def test_decide_margins():
+    """bf16 needs ≥ 1.10× (it costs a little accuracy), channels_last ≥ 1.05×."""
+    prec, layout = P.decide("auto", "auto", AVX512_BF16, timings(fp32=1.1449, fp32_cl=1.07, bf16=1.07, bf16_cl=1.0))
+    assert prec.value == "fp32" and "only 1.07x" in prec.reason
+    assert layout.value is True and "channels_last 1.07x" in layout.reason
+    prec, _ = P.decide("auto", "auto", AVX512_BF16, timings(fp32=1.1, fp32_cl=1.2, bf16=1.0, bf16_cl=1.3))
+    assert prec.value == "bf16" and "1.10x" in prec.reason
 
 
 def test_decide_layout_probe_only():
