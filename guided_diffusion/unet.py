@@ -479,7 +479,8 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
 
 #: Device types on which :func:`resolve_channels_last` reads ``auto`` as on (NHWC: cuDNN's tensor
 #: cores, oneDNN's fast convolutions). ``create_model`` itself decides ``auto`` by a start-up probe
-#: (guided_diffusion/precision.py; measured 0.92x for the tiny test UNet, 1.2x for the FFHQ one).
+#: (guided_diffusion/precision.py; the layout's gain depends on the machine and the UNet's size,
+#: docs/speed.md).
 CHANNELS_LAST_AUTO_DEVICES = ("cuda", "cpu")
 
 
