@@ -158,6 +158,8 @@ def check_speed_settings(model_cfg: Mapping[str, Any]) -> None:
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:
     """``create_model(**model_cfg, device=device)`` in eval mode, its precision, memory layout and
     compilation chosen for the machine where ``auto`` (recorded in ``model.speed_settings``, see
-    guided_diffusion/precision.py). Raises FileNotFoundError for a missing checkpoint (saying
+    guided_diffusion/precision.py); a config without ``use_fp16`` means ``auto``. Raises FileNotFoundError for a missing checkpoint (saying
     where it is published), ValueError for bad keys or a mismatch."""
-    return create_model(**dict(model_cfg), device=device)
+    cfg = dict(model_cfg)
+    cfg.setdefault("use_fp16", "auto")   # a run's default; create_model's own is fp32
+    return create_model(**cfg, device=device)

@@ -431,7 +431,7 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
                  learn_sigma: bool = False, class_cond: bool = False, use_checkpoint: bool = False,
                  attention_resolutions="16", num_heads: int = 1, num_head_channels: int = -1,
                  num_heads_upsample: int = -1, use_scale_shift_norm: bool = False, dropout: float = 0.0,
-                 resblock_updown: bool = False, use_fp16: bool | str = "auto", use_new_attention_order: bool = False,
+                 resblock_updown: bool = False, use_fp16: bool | str = False, use_new_attention_order: bool = False,
                  model_path: str = "", in_channels: int = 3, device: str | torch.device = "cpu",
                  channels_last: bool | str = "auto", compile: bool | str = "auto", **unused) -> UNetModel:
     """Build the ADM UNet from guided-diffusion model-config keys and load ``model_path``.
@@ -446,6 +446,8 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
     ``compile`` wraps the model in ``torch.compile`` (inductor). ``auto`` is decided for the machine
     by :func:`guided_diffusion.precision.choose` (capabilities, a cached start-up probe, measured
     rules); the decisions and reasons are in the returned model's ``speed_settings`` dict.
+    ``use_fp16`` defaults to false here (library callers and tests get fp32 numerics); a run's
+    default is ``auto`` (:func:`builder.build_model` and the shipped configs).
 
     Raises: ValueError (bad key or value, checkpoint mismatch), FileNotFoundError (model_path).
     """

@@ -287,3 +287,13 @@ def test_overrides_switch_between_auto_and_booleans():
         apply_overrides(cfg, ["model.use_fp16=3"])
     with pytest.raises(ConfigError, match="expected a bool value"):
         apply_overrides(cfg, ["model.channels_last=sometimes"])
+
+
+def test_run_default_is_auto_library_default_is_fp32(tiny_cfg, monkeypatch):
+    """build_model (main.py's path) reads a missing use_fp16 as auto; create_model as false."""
+    from builder import build_model
+    monkeypatch.setattr(P, "detect_capabilities", lambda device: CUDA_BF16)   # auto -> bf16 without a probe
+    cfg = {k: v for k, v in tiny_cfg.items() if k != "use_fp16"}
+    cfg["channels_last"] = False
+    assert build_model(cfg, "cpu").speed_settings["precision"] == "bf16"
+    assert create_model(**cfg).speed_settings["precision"] == "fp32"
