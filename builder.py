@@ -175,6 +175,7 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     task = configs["task"]
     check_task_layout(task)
     shape = image_shape(configs["model"])
+    check_speed_settings(configs["model"])
     sampler = build_sampler(configs["diffusion"])
     physics = build_physics(task["measurement"], device)
     solver = build_solver(task["conditioning"])
@@ -189,7 +190,19 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics, fixed)
 
 
+def check_speed_settings(model_cfg: Mapping[str, Any]) -> None:
+    """Check the model config's ``use_fp16``, ``channels_last`` and ``compile`` (true, false or
+    auto; absent = auto) before the model loads. Raises ValueError naming the key."""
+    from guided_diffusion.precision import parse_setting
+    for key in ("use_fp16", "channels_last", "compile"):
+        parse_setting(model_cfg.get(key, "auto"), key)
+
+
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:
-    """``create_model(**model_cfg, device=device)`` in eval mode. Raises FileNotFoundError for a
-    missing checkpoint (saying where it is published), ValueError for bad keys or a mismatch."""
-    return create_model(**dict(model_cfg), device=device)
+    """``create_model(**model_cfg, device=device)`` in eval mode, its precision, memory layout and
+    compilation chosen for the machine where ``auto`` (recorded in ``model.speed_settings``, see
+    guided_diffusion/precision.py); a config without ``use_fp16`` means ``auto``. Raises FileNotFoundError for a missing checkpoint (saying
+    where it is published), ValueError for bad keys or a mismatch."""
+    cfg = dict(model_cfg)
+    cfg.setdefault("use_fp16", "auto")   # a run's default; create_model's own is fp32
+    return create_model(**cfg, device=device)

@@ -231,6 +231,7 @@ class Runner:
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
         self.physics = Physics(operator, noiser)
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
+        self.info.update(getattr(model, "speed_settings", {}))   # precision, layout, compile and why
         self.device = torch.device(device)
         self.lpips = lpips_metric
         self.dist = dist

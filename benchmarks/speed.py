@@ -7,6 +7,8 @@ size (32×32), with peak memory, images per hour against batch size and half pre
                                             # data-consistency calls against one network forward
     python -m benchmarks.speed --device cuda
     python -m benchmarks.speed --psnr       # bf16 (CPU) / fp16 (CUDA) against fp32: PSNR on the test digits
+    python -m benchmarks.speed --e2e        # whole main.py processes per method, size, precision
+                                            # (benchmarks/e2e.py; its arguments follow --e2e)
 
 Everything is timed in one process and one run, with warm-up calls and the median of repeats
 (``torch.cuda.synchronize`` around every timed call on a GPU). Networks have random weights
@@ -190,6 +192,7 @@ def model_config(size: str, **changes: Any) -> dict:
     """The model config of ``size`` (a key of :data:`SIZES`) with random weights and ``changes``."""
     cfg = load_yaml(os.path.join(ROOT, SIZES[size]["model"]))
     cfg["model_path"] = ""
+    cfg["use_fp16"] = False   # the tables time fp32; the precision table sets use_fp16 per mode
     cfg.update(changes)
     return cfg
 
@@ -501,8 +504,11 @@ def batch_table(size: str, model: torch.nn.Module, device: torch.device, warmup:
 
 
 def half_name(device: torch.device) -> str:
-    """The half-precision type ``use_fp16`` selects on ``device``: "fp16" (CUDA) or "bf16"."""
-    return "fp16" if device.type == "cuda" else "bf16"
+    """The half-precision type ``use_fp16: true`` selects on ``device``: "bf16" (CPU; CUDA where
+    the GPU supports it) or "fp16" (other GPUs); see guided_diffusion/precision.py."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
 
 
 def precision_table(size: str, device: torch.device, warmup: int, repeats: int, max_forward_s: float) -> list[dict]:
@@ -845,7 +851,12 @@ def run_psnr(args: argparse.Namespace, device: torch.device, start: float) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run, print the markdown report, return 0 (2 for a bad argument)."""
+    """Entry point: run, print the markdown report, return 0 (2 for a bad argument).
+    ``--e2e``: the whole-process benchmark of :mod:`benchmarks.e2e` (its own arguments follow)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--e2e" in argv:
+        from benchmarks import e2e
+        return e2e.main([a for a in argv if a != "--e2e"])
     args = parse_args(argv)
     if args.memory_child:
         torch.set_grad_enabled(True)

@@ -160,7 +160,9 @@ def train(model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, progress: bool 
     if cfg["num_threads"]:
         torch.set_num_threads(int(cfg["num_threads"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_cfg = {k: v for k, v in model_cfg.items() if k != "model_path"}
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("model_path", "compile")}
+    if str(model_cfg.get("use_fp16", "auto")).lower() == "auto":   # training stays fp32 unless asked
+        model_cfg["use_fp16"] = False
     with torch.random.fork_rng(devices=[]):   # seeded initial weights, global RNG state left as it was
         torch.manual_seed(int(cfg["seed"]))
         model = create_model(**model_cfg, device=device, channels_last=bool(cfg["channels_last"])).train()

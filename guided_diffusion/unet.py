@@ -258,8 +258,8 @@ class UNetModel(nn.Module):
         dropout, channel_mult, conv_resample, dims, num_classes, use_checkpoint, num_heads,
         num_head_channels, num_heads_upsample, use_scale_shift_norm, resblock_updown,
         use_new_attention_order: as in guided-diffusion.
-        use_fp16: run the network under autocast (float16 on CUDA, bfloat16 on CPU); the
-            parameters and the returned tensor stay float32.
+        use_fp16: run the network under autocast to ``half_dtype`` (set by create_model; None:
+            float16 on CUDA, bfloat16 on CPU); the parameters and the returned tensor stay float32.
 
     ``forward(x, timesteps, y=None)``: x (N, C, H, W), timesteps (N,) -> (N, out_channels, H, W).
     """
@@ -280,7 +280,9 @@ class UNetModel(nn.Module):
         self.out_channels = out_channels
         self.num_classes = num_classes
         self.use_fp16 = use_fp16
+        self.half_dtype: torch.dtype | None = None   # autocast dtype; None: float16 on CUDA, bfloat16 on CPU
         self.channels_last = False   # set by create_model when the weights are stored NHWC
+        self.levels = len(channel_mult)   # resolutions (1 + downsamplings)
         attention_resolutions = set(attention_resolutions)
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
@@ -337,7 +339,7 @@ class UNetModel(nn.Module):
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("class labels y must be given if and only if the model is class-conditional")
         if self.use_fp16:
-            dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
+            dtype = self.half_dtype or (torch.float16 if x.device.type == "cuda" else torch.bfloat16)
             ctx = torch.autocast(device_type=x.device.type, dtype=dtype)
         else:
             ctx = nullcontext()
@@ -429,21 +431,27 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
                  learn_sigma: bool = False, class_cond: bool = False, use_checkpoint: bool = False,
                  attention_resolutions="16", num_heads: int = 1, num_head_channels: int = -1,
                  num_heads_upsample: int = -1, use_scale_shift_norm: bool = False, dropout: float = 0.0,
-                 resblock_updown: bool = False, use_fp16: bool = False, use_new_attention_order: bool = False,
+                 resblock_updown: bool = False, use_fp16: bool | str = False, use_new_attention_order: bool = False,
                  model_path: str = "", in_channels: int = 3, device: str | torch.device = "cpu",
-                 channels_last: bool | str = "auto", **unused) -> UNetModel:
+                 channels_last: bool | str = "auto", compile: bool | str = "auto", **unused) -> UNetModel:
     """Build the ADM UNet from guided-diffusion model-config keys and load ``model_path``.
 
     ``attention_resolutions`` are feature-map sides (e.g. "32,16,8" for a 256 model), converted
     to downsampling rates image_size // res. ``channel_mult`` "" takes the guided-diffusion default
     for the image size. ``model_path`` "" builds random weights (for tests and timing). The model
     is returned in eval mode on ``device``. Unknown keys raise ValueError (listing valid keys).
-    ``use_fp16`` runs the forward under autocast (float16 on CUDA, bfloat16 on CPU; parameters,
-    inputs and outputs stay float32). ``channels_last`` (``true``, ``false`` or ``"auto"``, see
-    :func:`resolve_channels_last`) stores the weights and feeds the input in NHWC memory layout.
+    ``use_fp16`` (``true``, ``false`` or ``"auto"``) runs the forward under autocast (CUDA: bfloat16
+    where the GPU supports it, else float16; CPU: bfloat16; parameters, inputs and outputs stay
+    float32); ``channels_last`` stores the weights and feeds the input in NHWC memory layout;
+    ``compile`` wraps the model in ``torch.compile`` (inductor). ``auto`` is decided for the machine
+    by :func:`guided_diffusion.precision.choose` (capabilities, a cached start-up probe, measured
+    rules); the decisions and reasons are in the returned model's ``speed_settings`` dict.
+    ``use_fp16`` defaults to false here (library callers and tests get fp32 numerics); a run's
+    default is ``auto`` (:func:`builder.build_model` and the shipped configs).
 
     Raises: ValueError (bad key or value, checkpoint mismatch), FileNotFoundError (model_path).
     """
+    arguments = dict(locals())
     if unused:
         valid = sorted(create_model.__code__.co_varnames[:create_model.__code__.co_argcount])
         raise ValueError(f"model config: unknown key(s) {sorted(unused)}; valid keys: {valid}")
@@ -460,24 +468,27 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int, channe
         use_new_attention_order=use_new_attention_order)
     if model_path:
         load_state_dict_checked(model, model_path, device="cpu")
-    model = model.to(device)
-    if resolve_channels_last(channels_last, device):
-        model = model.to(memory_format=torch.channels_last)
-        model.channels_last = True
-    return model.eval()
+    from guided_diffusion.precision import choose
+    model = model.to(device).eval()
+    architecture = {k: v for k, v in arguments.items()
+                    if k not in ("model_path", "use_fp16", "channels_last", "compile", "device", "unused")}
+    settings = choose(model, architecture, use_fp16, channels_last, compile, device)
+    if settings["compile"]:
+        model = torch.compile(model)   # attribute reads reach the UNet through the wrapper
+    model.speed_settings = settings
+    return model
 
 
-#: Device types on which ``channels_last: auto`` turns the NHWC layout on. CUDA: the cuDNN
-#: convolutions (tensor cores above all) run in NHWC. CPU: oneDNN's NHWC convolutions, measured
-#: faster than NCHW for this UNet in float32 and far faster under bfloat16 autocast, where NCHW
-#: falls back to a slow reference convolution on CPUs without AVX-512 (``python -m
-#: benchmarks.speed`` records fp32 / channels_last / bf16 / both; set ``channels_last: false``
-#: if your machine says otherwise).
+#: Device types on which :func:`resolve_channels_last` reads ``auto`` as on (NHWC: cuDNN's tensor
+#: cores, oneDNN's fast convolutions). ``create_model`` itself decides ``auto`` by a start-up probe
+#: (guided_diffusion/precision.py; the layout's gain depends on the machine and the UNet's size,
+#: docs/speed.md).
 CHANNELS_LAST_AUTO_DEVICES = ("cuda", "cpu")
 
 
 def resolve_channels_last(setting: bool | str, device: str | torch.device) -> bool:
-    """Whether to use the channels_last (NHWC) memory layout for a model on ``device``.
+    """Whether to use the channels_last (NHWC) memory layout for a model on ``device``, without
+    probing (main.py uses it to check the value early; ``create_model`` probes for ``auto``).
 
     Args:
         setting: True / False, or the strings "true", "false", "auto" (case-insensitive);

@@ -61,7 +61,7 @@ PAPER_MODELS = {
                      model_path="ckpts/256x256_diffusion_uncond.pt"),
 }
 COMMON_MODEL = dict(image_size=256, learn_sigma=True, num_heads=4, num_head_channels=64, use_scale_shift_norm=True,
-                    resblock_updown=True, class_cond=False, use_fp16=False)
+                    resblock_updown=True, class_cond=False, use_fp16="auto")
 
 #: (scale, t_div, div_ratio, inv_var) of the paper, by dataset / sampler / task.
 PAPER_HP = {

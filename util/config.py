@@ -117,6 +117,8 @@ def _coerce(key: str, old: Any, new: Any, where: str) -> Any:
     if key in FLEXIBLE_KEYS and _kind(new) in ("number", "str", "sequence"):
         return new
     ok, nk = _kind(old), _kind(new)
+    if {ok, nk} == {"bool", "str"} and "auto" in (str(old).strip().lower(), str(new).strip().lower()):
+        return new   # a true / false / auto setting (model.use_fp16, channels_last, compile)
     if ok == "none" or ok == nk:
         if isinstance(old, tuple) and isinstance(new, list):
             return tuple(new)
