@@ -133,7 +133,8 @@ def run_main(size: str, method: str, precision: str, steps: int, images: int, ba
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         row["status"] = f"error (exit {proc.returncode}): {lines[-1] if lines else ''}"[:300]
         return row
-    out_dir = os.path.join(save_dir, operator)
+    from util.layout import run_dir
+    out_dir = run_dir(save_dir, task_cfg)
     with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     with open(os.path.join(out_dir, "metrics.csv"), encoding="utf-8", newline="") as f:

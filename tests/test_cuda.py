@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from cli_helpers import REPO, TINY_MODEL, make_images, run_main, tiny_args
+from cli_helpers import REPO, TINY_MODEL, make_images, run_dir, run_main, tiny_args
 from guided_diffusion import precision as P
 from guided_diffusion.unet import create_model
 from util.config import load_yaml
@@ -65,7 +65,7 @@ def test_main_on_cuda_batch_invariant_and_recorded(tmp_path):
         proc = run_main(tiny_args("inpainting", data, out) + ["--device", "cuda", "--batch_size", str(batch),
                                                               "diffusion.timestep_respacing=ddim5"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        summary = json.loads((out / "inpainting" / "summary.json").read_text())
+        summary = json.loads((run_dir(out, "inpainting") / "summary.json").read_text())
         assert summary["device"].startswith("cuda") and summary["precision"] == "fp32"   # tiny config: false
         psnrs[batch] = summary["metrics"]["psnr"]["mean"]
     assert abs(psnrs[1] - psnrs[2]) < 0.05

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from cli_helpers import REPO, TINY_MODEL, make_images, run_inproc, tiny_args
+from cli_helpers import REPO, TINY_MODEL, make_images, run_dir, run_inproc, tiny_args
 from guided_diffusion import precision as P
 from guided_diffusion.precision import Capabilities, Decision
 from guided_diffusion.unet import create_model
@@ -263,7 +263,7 @@ def test_summary_records_precision_and_layout(tmp_path, monkeypatch, capsys):
                                                              "model.channels_last=false"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    summary = json.loads((run_dir(tmp_path / "out", "inpainting") / "summary.json").read_text())
     assert summary["precision"] == "fp32" and summary["precision_reason"] == "model.use_fp16: false"
     assert summary["channels_last"] is False and summary["channels_last_reason"] == "model.channels_last: false"
     assert summary["compile"] is False and summary["compile_reason"].startswith("auto: off on the CPU")
