@@ -49,6 +49,72 @@ def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
     return channels, size, size
 
 
+#: Types of the model-config keys: "posint" (an integer > 0), "heads" (an integer > 0, or -1 for
+#: "not set"), "bool", "fraction" (a number in [0, 1)), "str"; the others (channel_mult,
+#: attention_resolutions, channels_last) are parsed and checked by ``create_model``.
+MODEL_KEY_TYPES = {
+    "image_size": "posint", "num_channels": "posint", "num_res_blocks": "posint", "in_channels": "posint",
+    "num_heads": "posint", "num_head_channels": "heads", "num_heads_upsample": "heads",
+    "learn_sigma": "bool", "class_cond": "bool", "use_checkpoint": "bool", "use_scale_shift_norm": "bool",
+    "resblock_updown": "bool", "use_fp16": "bool", "use_new_attention_order": "bool",
+    "dropout": "fraction", "model_path": "str",
+}
+#: Types of the diffusion-config keys (as :data:`MODEL_KEY_TYPES`; the names and the respacing
+#: are checked by ``create_sampler``).
+DIFFUSION_KEY_TYPES = {"steps": "posint", "clip_denoised": "bool", "rescale_timesteps": "bool",
+                       "dynamic_threshold": "bool", "sampler": "str", "noise_schedule": "str",
+                       "model_mean_type": "str", "model_var_type": "str"}
+_TYPE_WORDS = {"posint": "a positive integer", "heads": "a positive integer or -1", "bool": "true or false",
+               "fraction": "a number in [0, 1)", "str": "a string"}
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if kind == "fraction":
+        return isinstance(value, (int, float)) and 0 <= value < 1
+    if kind in ("posint", "heads"):
+        return isinstance(value, int) and (value > 0 or (kind == "heads" and value == -1))
+    raise KeyError(kind)
+
+
+def check_config_types(cfg: Mapping[str, Any], types: Mapping[str, str], what: str) -> None:
+    """Check the type of every key of ``cfg`` listed in ``types`` (see :data:`MODEL_KEY_TYPES`).
+    Raises ConfigError naming the key, the value and the expected type
+    (``model config: num_channels must be a positive integer, got 1.5``)."""
+    for key, kind in types.items():
+        if key in cfg and not _type_ok(kind, cfg[key]):
+            raise ConfigError(f"{what}: {key} must be {_TYPE_WORDS[kind]}, got {cfg[key]!r}")
+
+
+def check_servable(model_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any]) -> None:
+    """Refuse model / diffusion settings that the sampler cannot serve, before anything is
+    written: a class-conditional model (``class_cond: true``; the sampler passes no class
+    labels) and ``model_var_type: learned_range`` without ``learn_sigma: true`` (the network
+    would output no variance channels). Raises ConfigError (one line)."""
+    if model_cfg.get("class_cond", False):
+        raise ConfigError("model config: class_cond: true is not supported (the sampler passes no class labels); "
+                          "use an unconditional checkpoint with class_cond: false")
+    var_type = diffusion_cfg.get("model_var_type", "learned_range")
+    if var_type == "learned_range" and not model_cfg.get("learn_sigma", False):
+        raise ConfigError("diffusion config: model_var_type learned_range needs model.learn_sigma: true (a network "
+                          "with variance outputs); set learn_sigma: true or model_var_type: fixedlarge / fixedsmall")
+
+
+def warn_random_weights(model_cfg: Mapping[str, Any]) -> bool:
+    """Log one loud warning when ``model_path`` is empty (the network gets random weights);
+    returns whether it did."""
+    if model_cfg.get("model_path", "") in ("", None):
+        log.warning("model.model_path is empty: the network has RANDOM WEIGHTS and the reconstructions are "
+                    "meaningless; set model.model_path to a checkpoint (see ckpts/README.md)")
+        return True
+    return False
+
+
 @dataclass
 class Problem:
     """The cheap parts of a run, built and checked before the model loads."""
@@ -132,17 +198,24 @@ def dry_run_operator(operator: Any, noiser: Any, shape: tuple[int, int, int], se
 
 
 def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int) -> Problem:
-    """Build and check everything but the model from the configs {"model", "diffusion", "task"}.
+    """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
+    the task layout, the types of the model and diffusion keys, what the sampler can serve
+    (:func:`check_servable`), the sampler, measurement, solver and data; warns when the model
+    will have random weights (:func:`warn_random_weights`).
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
     task = configs["task"]
     check_task_layout(task)
+    check_config_types(configs["model"], MODEL_KEY_TYPES, "model config")
+    check_config_types(configs["diffusion"], DIFFUSION_KEY_TYPES, "diffusion config")
+    check_servable(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     sampler = build_sampler(configs["diffusion"])
     operator, noiser = build_measurement(task["measurement"], device)
     solver = build_solver(task["conditioning"], operator, noiser)
     dataset = build_dataset(task["data"], shape)
     dry_run_operator(operator, noiser, shape, seed, device)
+    warn_random_weights(configs["model"])
     return Problem(operator, noiser, solver, sampler, dataset, shape)
 
 

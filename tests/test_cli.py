@@ -254,6 +254,16 @@ BAD_CASES = {
                    ["scale", "expected a number"]),
     "missing data root": (["task.data.root=/nonexistent/folder"], ["/nonexistent/folder"]),
     "bad batch size": (["--batch_size", "0"], ["--batch_size"]),
+    "class-conditional model": (["model.class_cond=true"], ["class_cond", "class labels"]),
+    "learned_range without learn_sigma": (["model.learn_sigma=false"], ["learned_range", "learn_sigma"]),
+    "float channel count": (["model.num_channels=1.5"], ["num_channels", "positive integer", "1.5"]),
+    "string block count": (["model.num_res_blocks=two"], ["num_res_blocks", "two"]),
+    "bool as channel count": (["model.num_channels=true"], ["num_channels"]),
+    "bad head count": (["model.num_head_channels=0"], ["num_head_channels", "-1"]),
+    "zero heads": (["model.num_heads=0"], ["num_heads", "positive integer"]),
+    "bad dropout": (["model.dropout=1.5"], ["dropout", "[0, 1)"]),
+    "diffusion flag type": (["diffusion.clip_denoised=1"], ["clip_denoised"]),
+    "diffusion steps type": (["diffusion.steps=1000.5"], ["steps", "positive integer"]),
 }
 
 
@@ -289,6 +299,51 @@ def test_bad_input_subprocess(bad_setup, case):
     args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + extra
     assert_clean_failure(run_main(args, bad_setup, timeout=300), *needles)
     check_untouched(bad_setup)
+
+
+def test_checkpoint_of_python_objects_is_refused_in_one_line(bad_setup, capsys, monkeypatch):
+    """A pickle of Python objects (not a weights-only state_dict): one line, without PyTorch's
+    advice to retry with weights_only=False (unsafe for an untrusted file)."""
+    import collections
+    import torch
+    path = bad_setup / "objects.pt"
+    torch.save({"state_dict": collections.Counter(a=1), "cfg": argparse_namespace()}, path)
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + [f"model.model_path={path}"]
+    line = assert_clean_failure(run_inproc(args, bad_setup, monkeypatch, capsys), "objects.pt", "weights-only")
+    assert "weights_only=False" not in line and "weights_only` set to `False" not in line
+    assert "trust" not in line and "\x1b" not in line
+    check_untouched(bad_setup)
+
+
+@pytest.mark.parametrize("line, needles", [
+    ("use_fp16: 'no'", ["use_fp16", "true or false", "'no'"]),
+    ("num_channels: 1.5", ["num_channels", "positive integer", "1.5"]),
+    ("class_cond: true", ["class_cond"])])
+def test_model_config_file_types_are_checked(bad_setup, capsys, monkeypatch, line, needles):
+    """Keys of a model config file (not only overrides) are type-checked before anything is written."""
+    key = line.split(":")[0]
+    text = "".join(f"{line}\n" if ln.startswith(key + ":") else ln
+                   for ln in (REPO / TINY_MODEL).read_text().splitlines(keepends=True))
+    cfg = bad_setup / f"model_{key}.yaml"
+    cfg.write_text(text)
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + ["--model_config", str(cfg)]
+    assert_clean_failure(run_inproc(args, bad_setup, monkeypatch, capsys), "model config", *needles)
+    check_untouched(bad_setup)
+
+
+def argparse_namespace():
+    import argparse
+    return argparse.Namespace(lr=1.0)
+
+
+def test_random_weights_are_announced(tmp_path, monkeypatch, capsys):
+    """model_path "" (e.g. an unset variable in a script) runs, with one loud warning line."""
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    proc = run_inproc(tiny_args("inpainting", data, tmp_path / "out"), tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "RANDOM WEIGHTS" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "model_path" in lines[0], proc.stderr
 
 
 def test_bad_input_empty_folder_and_mask_ratio(tmp_path, monkeypatch, capsys):
