@@ -200,8 +200,7 @@ def dry_run_operator(operator: Any, noiser: Any, shape: tuple[int, int, int], se
 def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int) -> Problem:
     """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
     the task layout, the types of the model and diffusion keys, what the sampler can serve
-    (:func:`check_servable`), the sampler, measurement, solver and data; warns when the model
-    will have random weights (:func:`warn_random_weights`).
+    (:func:`check_servable`), the sampler, measurement, solver and data.
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
     task = configs["task"]
@@ -215,7 +214,6 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     solver = build_solver(task["conditioning"], operator, noiser)
     dataset = build_dataset(task["data"], shape)
     dry_run_operator(operator, noiser, shape, seed, device)
-    warn_random_weights(configs["model"])
     return Problem(operator, noiser, solver, sampler, dataset, shape)
 
 
