@@ -115,6 +115,33 @@ def warn_random_weights(model_cfg: Mapping[str, Any]) -> bool:
     return False
 
 
+def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
+                           num_steps: int) -> bool:
+    """Log one warning when the run's number of steps differs from the one the task config was
+    tuned for (``conditioning.tuned_respacing``, e.g. ``ddim100``): ``t_div`` and a numeric
+    ``scale`` count steps, so a config tuned at 100 steps can fall below the blurred input at 20.
+    ``num_steps``: the respaced sampler's ``num_timesteps``. Returns whether it warned.
+    Raises ValueError for a ``tuned_respacing`` that is not a valid respacing."""
+    from guided_diffusion.respace import space_timesteps
+    tuned = conditioning.get("tuned_respacing")
+    if tuned in (None, ""):
+        return False
+    steps = diffusion_cfg.get("steps", 1000)
+    try:
+        tuned_steps = len(space_timesteps(steps, tuned))
+    except ValueError as exc:
+        raise ConfigError(f"task config: conditioning.tuned_respacing {tuned!r} is not a valid timestep_respacing: "
+                          f"{' '.join(str(exc).split())}") from exc
+    if tuned_steps == num_steps:
+        return False
+    params = conditioning.get("params") or {}
+    hint = ("; scale: auto adapts the step size to the respacing" if params.get("scale") != "auto" else "")
+    log.warning("task config tuned for timestep_respacing %s (%d steps) but this run takes %d steps (%s): "
+                "t_div and the scale count steps, results may be much worse%s", tuned, tuned_steps, num_steps,
+                diffusion_cfg.get("timestep_respacing", ""), hint)
+    return True
+
+
 @dataclass
 class Problem:
     """The cheap parts of a run, built and checked before the model loads."""
@@ -212,6 +239,7 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     sampler = build_sampler(configs["diffusion"])
     operator, noiser = build_measurement(task["measurement"], device)
     solver = build_solver(task["conditioning"], operator, noiser)
+    warn_untuned_respacing(task["conditioning"], configs["diffusion"], sampler.num_timesteps)
     dataset = build_dataset(task["data"], shape)
     dry_run_operator(operator, noiser, shape, seed, device)
     return Problem(operator, noiser, solver, sampler, dataset, shape)

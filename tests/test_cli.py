@@ -532,3 +532,21 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["counts"]["ok"] == 1 and summary["counts"]["pending"] == 2
     assert signal.getsignal(signal.SIGTERM) == before and not (out / ".lock").exists()
+
+
+def test_respacing_other_than_tuned_warns_once(tmp_path, monkeypatch, capsys):
+    """An MNIST config tuned at ddim100 run at 3 steps: one warning line naming both counts;
+    at the tuned respacing, none."""
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = ["--model_config", TINY_MODEL, "--diffusion_config", TINY_DDIM, "--task_config",
+            "configs/MNIST/DDIM/motion_deblur_config.yaml", "--save_dir", str(tmp_path / "out"),
+            f"task.data.root={data}", "--num_images", "1"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "tuned for" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0], proc.stderr[-3000:]
+    assert "ddim100 (100 steps)" in lines[0] and "takes 3 steps (ddim3)" in lines[0] and "scale: auto" in lines[0]
+    from builder import warn_untuned_respacing
+    assert not warn_untuned_respacing({"tuned_respacing": "ddim3"}, {"timestep_respacing": "ddim3"}, 3)
+    assert not warn_untuned_respacing({}, {"timestep_respacing": "ddim3"}, 3)

@@ -107,3 +107,20 @@ def test_paper_values(dataset, sampler):
             dps = load_yaml(str(d / f"dps_{task}_config.yaml"))
             assert dps["conditioning"] == {"method": "ps", "params": {"scale": 0.5 if task == "inpainting" else 0.3}}
             assert dps["measurement"] == cfg["measurement"]
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "DDPM"])
+def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
+    """Every MNIST task config says which timestep_respacing its scale / t_div were tuned at, and
+    it is the shipped diffusion config's (so the default run gives no warning)."""
+    from builder import warn_untuned_respacing
+    from guided_diffusion.gaussian_diffusion import create_sampler
+    d = REPO / "configs" / "MNIST" / sampler
+    diffusion = load_yaml(str(d / "diffusion_config.yaml"))
+    steps = create_sampler(**diffusion).num_timesteps
+    tasks = sorted(p for p in d.glob("*_config.yaml") if p.name not in ("model_config.yaml", "diffusion_config.yaml"))
+    assert len(tasks) >= 6
+    for path in tasks:
+        cond = load_yaml(str(path))["conditioning"]
+        assert str(cond.get("tuned_respacing")) == str(diffusion["timestep_respacing"]), path.name
+        assert not warn_untuned_respacing(cond, diffusion, steps)

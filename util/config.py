@@ -25,10 +25,15 @@ FLEXIBLE_KEYS = frozenset({"channel_mult", "attention_resolutions", "timestep_re
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
-    "conditioning": {"method": str, "params": None},
+    "conditioning": {"method": str, "params": None, "tuned_respacing": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
 }
+
+#: The value that may replace a number or a bool (and be replaced by one) in an override, e.g.
+#: ``task.conditioning.params.scale=auto`` or ``model.channels_last=auto``; the component that
+#: reads the key decides whether ``auto`` is valid there.
+AUTO = "auto"
 
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
@@ -109,11 +114,14 @@ def _kind(value: Any) -> str:
 
 
 def _coerce(key: str, old: Any, new: Any, where: str) -> Any:
-    """Check that ``new`` may replace ``old`` (same kind, or a flexible key) and return it in
-    ``old``'s container type (a list replacing a tuple becomes a tuple). Raises ConfigError."""
+    """Check that ``new`` may replace ``old`` (same kind, a flexible key, or :data:`AUTO` in
+    place of a number or bool and back) and return it in ``old``'s container type (a list
+    replacing a tuple becomes a tuple). Raises ConfigError."""
     if key in FLEXIBLE_KEYS and _kind(new) in ("number", "str", "sequence"):
         return new
     ok, nk = _kind(old), _kind(new)
+    if AUTO in (old, new) and {ok, nk} <= {"number", "bool", "str"}:   # scale: auto <-> 0.1; the component checks
+        return new
     if ok == "none" or ok == nk:
         if isinstance(old, tuple) and isinstance(new, list):
             return tuple(new)
@@ -196,7 +204,9 @@ def apply_overrides(configs: dict[str, dict], assignments: Iterable[str],
 def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> None:
     """Check a task config against :data:`TASK_LAYOUT`: the sections ``conditioning`` (with
     ``method``), ``data`` (with ``name``) and ``measurement`` (with ``operator`` holding ``name``)
-    must be present and no unknown section may appear. Raises ConfigError listing valid keys."""
+    must be present and no unknown section may appear. ``conditioning.tuned_respacing``
+    (optional, ours: the ``timestep_respacing`` the params were tuned at, e.g. ``ddim100``) must
+    be a string or an integer. Raises ConfigError listing valid keys."""
     for key in task:
         if key not in TASK_LAYOUT:
             raise ConfigError(f"{path}: unknown section {key!r}; valid sections: {', '.join(TASK_LAYOUT)}")
@@ -207,7 +217,8 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
             raise ConfigError(f"{path}: missing {section}.{key}")
     for key in task["conditioning"]:
         if key not in TASK_LAYOUT["conditioning"]:
-            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: method, params")
+            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: "
+                              f"{', '.join(TASK_LAYOUT['conditioning'])}")
     for key in task["measurement"]:
         if key not in TASK_LAYOUT["measurement"]:
             raise ConfigError(f"{path}: unknown key measurement.{key}; valid keys: operator, noise")
@@ -220,3 +231,7 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
     params = task["conditioning"].get("params")
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"{path}: conditioning.params must be a mapping")
+    tuned = task["conditioning"].get("tuned_respacing")
+    if tuned is not None and (isinstance(tuned, bool) or not isinstance(tuned, (str, int))):
+        raise ConfigError(f"{path}: conditioning.tuned_respacing must be a timestep_respacing like ddim100 or "
+                          f"250, got {tuned!r}")
