@@ -15,7 +15,7 @@ import torch
 
 from data.dataloader import ImageDataset, get_dataset
 from guided_diffusion.gaussian_diffusion import create_sampler
-from guided_diffusion.unet import create_model
+from guided_diffusion.unet import create_model, resolve_channels_last
 from util.config import ConfigError, check_task_layout
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, numpy_rngs, torch_generators
 
@@ -243,6 +243,52 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     dataset = build_dataset(task["data"], shape)
     dry_run_operator(operator, noiser, shape, seed, device)
     return Problem(operator, noiser, solver, sampler, dataset, shape)
+
+
+def _with_defaults(fn, given: Mapping[str, Any], exclude: tuple[str, ...] = ("self", "device")) -> dict:
+    """The keyword arguments ``fn`` runs with when called with ``given``, in ``fn``'s order:
+    every parameter's default, overridden by ``given``."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude and \
+                (p.name in given or p.default is not p.empty):
+            out[p.name] = given.get(p.name, p.default)
+    out.update({k: v for k, v in given.items() if k not in out})
+    return out
+
+
+def resolved_config(configs: Mapping[str, Mapping[str, Any]], problem: Problem,
+                    device: str | torch.device = "cpu") -> dict:
+    """Every parameter a run uses, defaults included, for summary.json (the configs as written
+    leave out defaulted keys such as ``eta``, ``t_div`` or ``div_ratio``).
+
+    Returns {"model": create_model's keyword arguments (with ``channels_last_used``, the memory
+    layout ``channels_last`` gives on ``device``), "diffusion": create_sampler's (``eta``
+    only for DDIM) with ``num_steps`` (network evaluations per image), "solver": {"method",
+    "params": every parameter of the solver class as the instance holds it}, "operator": the
+    operator's constructor arguments with ``name``, "noise": the noise model's with ``name`` and
+    the σ used (on [-1, 1]), "data": the data section with the image size and channels}."""
+    model = _with_defaults(create_model, configs["model"])
+    model.pop("unused", None)
+    model["channels_last_used"] = resolve_channels_last(model.get("channels_last", "auto"), device)
+    diffusion = _with_defaults(create_sampler, configs["diffusion"])
+    if diffusion.get("sampler") != "ddim":
+        diffusion.pop("eta", None)
+    diffusion["num_steps"] = int(problem.sampler.num_timesteps)
+    solver = problem.solver
+    params = {k: getattr(solver, k, spec.default) for k, spec in type(solver).params.items()}
+    measurement = configs["task"]["measurement"]
+    op_name, op_kwargs = operator_kwargs(measurement)
+    operator = {"name": op_name, **_with_defaults(type(problem.operator).__init__, op_kwargs)}
+    noise_cfg = dict(measurement.get("noise") or {"name": "clean"})
+    noise_name = noise_cfg.pop("name")
+    noise = {"name": noise_name, **_with_defaults(type(problem.noiser).__init__, noise_cfg),
+             "sigma": getattr(problem.noiser, "sigma", None)}
+    channels, size, _ = problem.image_shape
+    data = {**dict(configs["task"]["data"]), "image_size": size, "channels": channels}
+    return {"model": model, "diffusion": diffusion,
+            "solver": {"method": configs["task"]["conditioning"]["method"], "params": params},
+            "operator": operator, "noise": noise, "data": data}
 
 
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:

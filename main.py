@@ -214,12 +214,13 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
     try:
         configs, applied, device, problem = setup(args, ctx.local_rank if ctx.enabled else None)
         import torch
-        from builder import build_model, warn_random_weights
+        from builder import build_model, resolved_config, warn_random_weights
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric
         out_dir = os.path.join(args.save_dir, problem.operator.name)
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
-                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args))}
+                "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args)),
+                "resolved": _json_normalized(resolved_config(configs, problem, device))}   # defaults included
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
                              progress=ctx.is_main)

@@ -550,3 +550,40 @@ def test_respacing_other_than_tuned_warns_once(tmp_path, monkeypatch, capsys):
     from builder import warn_untuned_respacing
     assert not warn_untuned_respacing({"tuned_respacing": "ddim3"}, {"timestep_respacing": "ddim3"}, 3)
     assert not warn_untuned_respacing({}, {"timestep_respacing": "ddim3"}, 3)
+
+
+def test_summary_records_the_resolved_configuration(tmp_path, monkeypatch, capsys):
+    """Defaults the config files leave out (eta, t_div, div_ratio, inv_var, use_A_AT, every model
+    key, the operator's and noise's arguments) are in summary.json["resolved"] with the values used."""
+    import yaml
+    from builder import diffusion_config_keys, model_config_keys
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    diffusion = yaml.safe_load((REPO / TINY_DDIM).read_text())
+    del diffusion["eta"]
+    (tmp_path / "diffusion.yaml").write_text(yaml.safe_dump(diffusion))
+    task = {"conditioning": {"method": "CoDPS+", "params": {"scale": 0.2}},
+            "data": {"name": "folder", "root": str(data)},
+            "measurement": {"operator": {"name": "gaussian_blur", "kernel_size": 9, "intensity": 3.0},
+                            "noise": {"name": "gaussian", "sigma": 0.05}}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    args = ["--model_config", TINY_MODEL, "--diffusion_config", str(tmp_path / "diffusion.yaml"),
+            "--task_config", str(tmp_path / "task.yaml"), "--save_dir", str(tmp_path / "out")]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "gaussian_blur" / "summary.json").read_text())
+    assert "eta" not in summary["configs"]["diffusion"]          # as written
+    res = summary["resolved"]                                       # as used
+    assert res["diffusion"]["eta"] == 1.0 and res["diffusion"]["num_steps"] == 3
+    assert set(diffusion_config_keys()) <= set(res["diffusion"])
+    assert res["solver"] == {"method": "CoDPS+", "params": {"scale": 0.2, "t_div": 0.0, "div_ratio": 1.0,
+                                                             "inv_var": res["solver"]["params"]["inv_var"],
+                                                             "use_A_AT": res["solver"]["params"]["use_A_AT"]}}
+    from solvers.codps import CoDPSPlus
+    spec = CoDPSPlus.params
+    assert res["solver"]["params"]["inv_var"] == spec["inv_var"].default
+    assert res["solver"]["params"]["use_A_AT"] == spec["use_A_AT"].default
+    assert set(model_config_keys()) <= set(res["model"]) and res["model"]["num_channels"] == 32
+    assert res["operator"]["name"] == "gaussian_blur" and res["operator"]["kernel_size"] == 9
+    assert res["noise"] == {"name": "gaussian", "sigma": 0.05}
+    assert res["data"]["image_size"] == 32 and res["data"]["channels"] == 3
