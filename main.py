@@ -47,11 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--gpu", type=int, default=None, help="GPU index, as in the paper's code (= --device cuda:N)")
     parser.add_argument("--batch_size", type=int, default=1,
-                        help="images sampled together (results do not depend on it)")
-    parser.add_argument("--num_images", type=int, default=None, help="the first N images of the data (default all)")
+                        help="images sampled together (each image keeps its own random streams; CoDPS / CoDPS+ "
+                             "results agree to ~1e-6, DPS / PiGDM ones may move slightly: see docs/cli.md)")
+    parser.add_argument("--num_images", type=int, default=None,
+                        help="the first N images of the data (default all; more than there are: a warning)")
     parser.add_argument("--record", action="store_true",
                         help="save x0_hat every 10 steps and every step below 10 to progress/<image>/")
-    parser.add_argument("--overwrite", action="store_true", help="redo images already finished in save_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start save_dir afresh: delete the outputs of the earlier run there and redo every image")
     parser.add_argument("--metric_norm", choices=("clip", "minmax"), default="clip",
                         help="map images to [0, 1] for PSNR/SSIM/LPIPS and PNGs: clip (x+1)/2 (default) or minmax "
                              "per-image stretch (the paper's code)")

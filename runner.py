@@ -3,8 +3,9 @@ save the input / label / reconstruction (and the kernel or mask) and score it, r
 earlier run into the same folder stopped.
 
 Image i (its position in the sorted dataset) draws its kernel or mask, its measurement noise and
-its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so results do
-not depend on the batch size or on which images share a batch. An image is finished when its
+its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so our code's
+results do not depend on the batch size or on which images share a batch (the network's batched
+kernels may change the last bits, which DPS / ΠGDM amplify: docs/cli.md, "Batch size"). An image is finished when its
 row is in ``metrics.csv`` and its reconstruction is on disk (or its row records a divergence);
 finished images are skipped unless ``overwrite``.
 
