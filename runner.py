@@ -5,9 +5,9 @@ earlier run into the same folder stopped.
 Image i (its position in the sorted dataset) draws its kernel or mask, its measurement noise and
 its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so our code's
 results do not depend on the batch size or on which images share a batch (the network's batched
-kernels may change the last bits, which DPS / ΠGDM amplify: docs/cli.md, "Batch size"). An image is finished when its
-row is in ``metrics.csv`` and its reconstruction is on disk (or its row records a divergence);
-finished images are skipped unless ``overwrite``.
+kernels may change the last bits, which DPS / ΠGDM amplify: docs/cli.md, "Batch size"). An image
+is finished when its row is in ``metrics.csv`` and its reconstruction is on disk (or its row
+records a divergence); finished images are skipped unless ``overwrite``.
 
 Under ``torchrun`` (several processes, :mod:`util.distributed`) process r of K takes the images
 i with i mod K = r and writes their outputs and its rows to ``metrics.rank<r>.csv``; rank 0
@@ -30,8 +30,8 @@ import torch
 from data.dataloader import ImageDataset, UnreadableImageError
 from util.distributed import SINGLE, DistContext, PeerFailed, shard
 from util.image_io import read_csv, save_json, save_npy, save_png, write_csv
-from util.outdir import clear_owned
 from util.metrics import LPIPSMetric, psnr, ssim, to_unit
+from util.outdir import clear_owned
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 log = logging.getLogger(__name__)

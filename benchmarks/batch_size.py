@@ -26,7 +26,8 @@ from builder import build_model, build_problem  # noqa: E402
 from util.config import apply_overrides, load_yaml  # noqa: E402
 from util.image_io import to_uint8_image  # noqa: E402
 from util.metrics import psnr, to_unit  # noqa: E402
-from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators  # noqa: E402
+from util.seeding import (STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn,  # noqa: E402
+                          torch_generators)
 
 #: name -> (sampling type, task config, overrides)
 CASES = {

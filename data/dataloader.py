@@ -4,9 +4,9 @@ small registry: ``ffhq``, ``imagenet`` and ``folder`` read a folder of png/jpg/j
 ImageNet 256 reference-batch format, key ``arr_0``).
 
 Images of any PIL mode and bit depth (16-bit scaled to 8 bits, alpha dropped; see
-:func:`util.image_io.decode_image`) are converted to the model's channel count (1: luminance, 3: RGB), centre-cropped to a
-square and resized to the model's image size (one warning when some were not already that size),
-and returned as (C, H, W) float32 tensors in [-1, 1]. An image that cannot be decoded raises
+:func:`util.image_io.decode_image`) are converted to the model's channel count (1: luminance,
+3: RGB), centre-cropped to a square and resized to the model's image size (one warning when
+some were not already that size), and returned as (C, H, W) float32 tensors in [-1, 1]. An image that cannot be decoded raises
 :class:`UnreadableImageError` when loaded, so the caller can skip it and go on.
 """
 from __future__ import annotations

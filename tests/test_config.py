@@ -100,7 +100,8 @@ def test_wrong_types_fail(assignment, match):
 def test_auto_replaces_a_number_and_back():
     """``scale=auto`` was refused as "expected a number"; auto in the file takes a number back."""
     out, applied = apply_overrides(configs(), ["task.conditioning.params.scale=auto"], VALID)
-    assert out["task"]["conditioning"]["params"]["scale"] == "auto" and applied == {"task.conditioning.params.scale": "auto"}
+    assert out["task"]["conditioning"]["params"]["scale"] == "auto"
+    assert applied == {"task.conditioning.params.scale": "auto"}
     out, _ = apply_overrides(out, ["task.conditioning.params.scale=0.2"], VALID)
     assert out["task"]["conditioning"]["params"]["scale"] == 0.2
     with pytest.raises(ConfigError, match="expected a number"):
@@ -113,7 +114,8 @@ def test_auto_scale_override_builds_the_solver():
     from builder import build_solver
     from operators import get_noise, get_operator
     cfg, _ = apply_overrides(configs(), ["task.conditioning.params.scale=auto"], VALID)
-    op, noise = get_operator("inpainting", mask_type="random", mask_prob_range=(0.3, 0.7)), get_noise("gaussian", sigma=0.05)
+    op = get_operator("inpainting", mask_type="random", mask_prob_range=(0.3, 0.7))
+    noise = get_noise("gaussian", sigma=0.05)
     solver = build_solver(cfg["task"]["conditioning"], op, noise)
     assert solver.scale == "auto" and solver.uses_score_weight
     cfg, _ = apply_overrides(configs(), ["task.conditioning.params.t_div=auto"], VALID)
