@@ -144,13 +144,15 @@ def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mappi
 
 @dataclass
 class Problem:
-    """The cheap parts of a run, built and checked before the model loads."""
+    """The cheap parts of a run, built and checked before the model loads (``physics`` owns
+    ``operator`` and ``noiser``)."""
     operator: Any
     noiser: Any
     solver: Any
     sampler: Any
     dataset: ImageDataset
     image_shape: tuple[int, int, int]
+    physics: Any = None
 
 
 def operator_kwargs(measurement: Mapping[str, Any]) -> tuple[str, dict]:
@@ -171,8 +173,10 @@ def operator_kwargs(measurement: Mapping[str, Any]) -> tuple[str, dict]:
 def build_measurement(measurement: Mapping[str, Any], device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """(operator, noiser) from the task config's ``measurement`` section.
 
-    A missing ``noise`` section means noiseless measurements (noise ``clean``, when that noise
-    is registered). Raises ValueError for unknown names or arguments (listing valid ones)."""
+    A missing ``noise`` section means noiseless measurements (noise ``clean``, σ_n = 0, when
+    that noise is registered), announced by one warning line (the paper's own IMAGENET DDPM
+    inpainting config has no noise section, while its other configs use σ_n = 0.05).
+    Raises ValueError for unknown names or arguments (listing valid ones)."""
     from operators import get_noise, get_operator, list_noises
     name, kwargs = operator_kwargs(measurement)
     operator = get_operator(name, device=device, **kwargs)
@@ -182,16 +186,29 @@ def build_measurement(measurement: Mapping[str, Any], device: str | torch.device
             raise ConfigError("task config: measurement.noise is missing; valid noise names: "
                               + ", ".join(list_noises()))
         noise = {"name": "clean"}
+        log.warning("task config has no measurement.noise section: measuring without noise (sigma_n = 0); "
+                    "add e.g. noise: {name: gaussian, sigma: 0.05} for noisy measurements")
     noise = dict(noise)
     noiser = get_noise(noise.pop("name"), **noise)
     return operator, noiser
 
 
-def build_solver(conditioning: Mapping[str, Any], operator: Any, noiser: Any) -> Any:
-    """The solver of the task config's ``conditioning`` section (``method`` and ``params``).
-    Raises ValueError for an unknown method or parameter (listing valid ones)."""
+def build_physics(measurement: Mapping[str, Any], device: str | torch.device = "cpu") -> Any:
+    """``operators.Physics`` of the task config's ``measurement`` section (see
+    :func:`build_measurement`)."""
+    from operators import Physics
+    return Physics(*build_measurement(measurement, device))
+
+
+def build_solver(conditioning: Mapping[str, Any], physics: Any = None) -> Any:
+    """The method of the task config's ``conditioning`` section (``method`` and ``params``),
+    checked against ``physics`` when given (``Solver.check``). Raises ValueError for an unknown
+    method or parameter (listing valid ones) or a physics the method cannot use."""
     from solvers import get_solver
-    return get_solver(conditioning["method"], operator, noiser, **dict(conditioning.get("params") or {}))
+    solver = get_solver(conditioning["method"], **dict(conditioning.get("params") or {}))
+    if physics is not None:
+        solver.check(physics)
+    return solver
 
 
 def build_sampler(diffusion_cfg: Mapping[str, Any]) -> Any:
@@ -209,18 +226,16 @@ def build_dataset(data: Mapping[str, Any], shape: tuple[int, int, int]) -> Image
     return get_dataset(name, root=root, image_size=shape[1], channels=shape[0], **data)
 
 
-def dry_run_operator(operator: Any, noiser: Any, shape: tuple[int, int, int], seed: int,
+def dry_run_operator(physics: Any, shape: tuple[int, int, int], seed: int,
                      device: str | torch.device = "cpu") -> None:
     """Draw the operator's random parameters for one image of ``shape`` and measure a zero
-    image, so that a kernel larger than the image or a wrong ``in_shape`` fails now.
-    Raises ValueError with a one-line message."""
+    image (``physics.measure``), so that a kernel larger than the image or a wrong ``in_shape``
+    fails now. Raises ValueError with a one-line message."""
     x = torch.zeros((1, *shape), device=device)
     try:
-        operator.draw(numpy_rngs(seed, [0], STREAM_OPERATOR), tuple(x.shape))
-        with torch.no_grad():
-            noiser(operator.forward(x), torch_generators(seed, [0], STREAM_NOISE))
+        physics.measure(x, numpy_rngs(seed, [0], STREAM_OPERATOR), torch_generators(seed, [0], STREAM_NOISE))
     except RuntimeError as exc:   # shape mismatches inside torch
-        raise ValueError(f"operator {getattr(operator, 'name', '?')!r} cannot measure {tuple(x.shape)} images: "
+        raise ValueError(f"operator {physics.name!r} cannot measure {tuple(x.shape)} images: "
                          f"{' '.join(str(exc).split())}") from exc
 
 
@@ -237,12 +252,13 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     check_servable(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     sampler = build_sampler(configs["diffusion"])
-    operator, noiser = build_measurement(task["measurement"], device)
-    solver = build_solver(task["conditioning"], operator, noiser)
+    physics = build_physics(task["measurement"], device)
+    solver = build_solver(task["conditioning"])
     warn_untuned_respacing(task["conditioning"], configs["diffusion"], sampler.num_timesteps)
     dataset = build_dataset(task["data"], shape)
-    dry_run_operator(operator, noiser, shape, seed, device)
-    return Problem(operator, noiser, solver, sampler, dataset, shape)
+    dry_run_operator(physics, shape, seed, device)
+    solver.check(physics)
+    return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics)
 
 
 def _with_defaults(fn, given: Mapping[str, Any], exclude: tuple[str, ...] = ("self", "device")) -> dict:

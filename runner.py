@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from data.dataloader import ImageDataset, UnreadableImageError
+from operators.physics import Physics
+from sampling import sample
 from util.distributed import SINGLE, DistContext, PeerFailed, shard
 from util.image_io import read_csv, save_json, save_npy, save_png, write_csv
 from util.metrics import LPIPSMetric, psnr, ssim, to_unit
@@ -204,8 +206,9 @@ class Runner:
 
     Args:
         model: the ε-network (eval mode, on ``device``).
-        sampler: ``sample(model, x_T, y, solver, generators, callback, progress, desc) -> SampleResult``.
-        operator, noiser, solver: the measurement model and the data-consistency step.
+        sampler: the DDPM / DDIM sampler that :func:`sampling.sample` runs.
+        operator, noiser, solver: the measurement model (wrapped in an ``operators.Physics``,
+            which makes y) and the posterior-sampling method.
         dataset: test images, ``load(i)`` -> (C, H, W) in [-1, 1].
         out_dir: ``<save_dir>/<operator name>``.
         options: :class:`RunOptions`.
@@ -221,6 +224,7 @@ class Runner:
                  device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None,
                  dist: DistContext = SINGLE):
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
+        self.physics = Physics(operator, noiser)
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
         self.device = torch.device(device)
         self.lpips = lpips_metric
@@ -413,15 +417,15 @@ class Runner:
         names = [image_name(i) for i in indices]
         seed = self.opt.seed
         x = torch.stack(images).to(self.device)
-        with torch.no_grad():
-            self.operator.draw(numpy_rngs(seed, indices, STREAM_OPERATOR), tuple(x.shape))
-            y = self.noiser(self.operator.forward(x), torch_generators(seed, indices, STREAM_NOISE))
+        y = self.physics.measure(x, numpy_rngs(seed, indices, STREAM_OPERATOR),
+                                 torch_generators(seed, indices, STREAM_NOISE))
         generators = torch_generators(seed, indices, STREAM_SAMPLER)
         x_T = randn(x.shape[1:], generators, device=self.device)
         self._sync()
         start = time.perf_counter()
-        result = self.sampler.sample(self.model, x_T, y, self.solver, generators, callback=self._recorder(names),
-                                     progress=self.opt.progress, desc=f"{desc} [{names[0]}..{names[-1]}]")
+        result = sample(self.model, self.sampler, x_T, y, self.solver, self.physics, generators,
+                        callback=self._recorder(names), progress=self.opt.progress,
+                        desc=f"{desc} [{names[0]}..{names[-1]}]")
         self._sync()
         seconds = (time.perf_counter() - start) / len(indices)
         x0 = result.x0.detach()

@@ -23,6 +23,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from builder import build_model, build_problem  # noqa: E402
+from sampling.loop import sample  # noqa: E402
 from util.config import apply_overrides, load_yaml  # noqa: E402
 from util.image_io import to_uint8_image  # noqa: E402
 from util.metrics import psnr, to_unit  # noqa: E402
@@ -34,8 +35,7 @@ CASES = {
     "CoDPS+ (DDIM 100)": ("DDIM", "motion_deblur_config", []),
     "CoDPS (DDPM 250)": ("DDPM", "motion_deblur_config", []),
     "DPS (DDPM 250)": ("DDPM", "dps_motion_deblur_config", []),
-    "PiGDM (DDIM 100, default parameters)": ("DDIM", "motion_deblur_config",
-                                             ["task.conditioning.method=PiGDM", "task.conditioning.params={}"]),
+    "PiGDM (DDIM 100)": ("DDIM", "pigdm_motion_deblur_config", []),
 }
 
 
@@ -53,11 +53,10 @@ def sample(sampling: str, task: str, overrides: list[str], batches: list[list[in
     x0s, xs = {}, {}
     for idx in batches:
         x = torch.stack([problem.dataset.load(i) for i in idx])
-        with torch.no_grad():
-            problem.operator.draw(numpy_rngs(seed, idx, STREAM_OPERATOR), tuple(x.shape))
-            y = problem.noiser(problem.operator.forward(x), torch_generators(seed, idx, STREAM_NOISE))
+        y = problem.physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
         gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = problem.sampler.sample(model, randn(x.shape[1:], gens), y, problem.solver, gens, progress=False)
+        res = sample(model, problem.sampler, randn(x.shape[1:], gens), y, problem.solver, problem.physics, gens,
+                     progress=False)
         for k, i in enumerate(idx):
             x0s[i], xs[i] = res.x0[k].detach(), x[k]
     return x0s, xs

@@ -16,8 +16,10 @@ Metrics on the non-diverged samples: sliced Wasserstein-2 distance to as many ex
 draws (``--projections`` random directions, the same for every method), the Euclidean error of
 the sample mean against the closed-form E[x_0 | y], and the total-variation distance between
 the fraction of samples assigned to each component (its most likely component under the exact
-posterior) and the exact posterior weights. The row ``exact`` scores a second set of exact
-draws: the Monte-Carlo floor of each metric.
+posterior) and the exact posterior weights. The row ``exact`` is the Monte-Carlo floor of each
+metric: ``floor_draws`` further sets of exact posterior draws (of the same size) scored like a
+method; it reports their median and 5–95 % range (one draw alone can sit beyond the 95th
+percentile). The tables show every m (a median over m hides the m = 1 failures).
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import GaussianDiffusion, create_sampler
 from guided_diffusion.gmm import GMMEpsilon, GMMPosterior, GaussianMixture, as_vectors, grid_mixture
-from operators import get_noise, get_operator
+from operators import Physics, get_noise, get_operator
 from operators.dense import random_matrix
+from sampling import sample
 from solvers import Solver, get_solver
-from solvers.base import as_score_weight, compute_dtype, per_sample
+from solvers.base import compute_dtype, per_sample
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 log = logging.getLogger(__name__)
@@ -79,14 +82,25 @@ METHODS = (
     Method("ΠGDM", "PiGDM", dict(scale=1.0)),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
-EXACT = "exact (2nd draw)"
+EXACT = "exact (floor)"
+#: The label of the exact row in CSVs written before the floor became a median over draws (one
+#: second draw; it equals draw 1 of the floor, see :func:`exact_floor`).
+LEGACY_EXACT = "exact (2nd draw)"
+#: Percentiles of the floor's range.
+FLOOR_RANGE = (5, 95)
+METRICS = ("sw", "mean_err", "weight_tv")
 
 #: ``ddpm_sigmas``: the σ_y at which DDPM 1000 runs (it costs ten times DDIM 100; None = all).
+#: ``floor_draws``: the exact draws the floor's median and 5–95 % range come from.
 FULL = dict(dims=(8, 80, 800), ms=(1, 2, 4), sigmas=(0.01, 0.1, 1.0), samples=1000, projections=1000,
-            ddpm_sigmas=(0.1,))
-QUICK = dict(dims=(8, 80), ms=(2,), sigmas=(0.1,), samples=200, projections=200, ddpm_sigmas=None)
+            ddpm_sigmas=(0.1,), floor_draws=50)
+QUICK = dict(dims=(8, 80), ms=(2,), sigmas=(0.1,), samples=200, projections=200, ddpm_sigmas=None,
+             floor_draws=20)
+#: Columns of the CSV; the floor's (``floor_draws`` and the ``*_p05`` / ``*_p95`` range) are
+#: empty on method rows and optional when reading (older CSVs lack them).
+FLOOR_FIELDS = ("floor_draws",) + tuple(f"{k}_p{q:02d}" for k in METRICS for q in FLOOR_RANGE)
 CSV_FIELDS = ("d", "m", "sigma_y", "sampler", "nfe", "method", "solver", "params", "samples", "diverged",
-              "sw", "mean_err", "weight_tv", "seconds")
+              "sw", "mean_err", "weight_tv", "seconds") + FLOOR_FIELDS
 
 
 def derived_seed(*parts: int) -> int:
@@ -178,6 +192,54 @@ def score(problem: Problem, x: torch.Tensor, reference: torch.Tensor, directions
             "weight_tv": weight_tv(problem.posterior, xs), "diverged": int((~finite).sum())}
 
 
+def reference_generator(seed: int, dim: int, m: int, sigma: float) -> torch.Generator:
+    """The generator of a problem's exact draws: first the reference set, then the floor's."""
+    return torch.Generator().manual_seed(derived_seed(seed, dim, m, int(round(sigma * 1e6)), 2))
+
+
+def exact_floor(problem: Problem, reference: torch.Tensor, directions: torch.Tensor, samples: int, draws: int,
+                generator: torch.Generator) -> dict:
+    """The Monte-Carlo floor of the metrics: ``draws`` sets of ``samples`` exact posterior draws
+    (continuing ``generator`` after the reference set, so draw 1 is the former "2nd draw"),
+    each scored against ``reference`` like a method.
+
+    Returns:
+        the row fields: ``sw``, ``mean_err``, ``weight_tv`` = the median over the draws,
+        ``<metric>_p05`` / ``<metric>_p95`` their 5th / 95th percentiles (linear
+        interpolation), ``floor_draws`` = draws, ``diverged`` = 0, and ``per_draw``: the
+        (draws, 3) array of (sw, mean_err, weight_tv).
+
+    Raises:
+        ValueError: draws < 1.
+    """
+    if draws < 1:
+        raise ValueError(f"floor draws must be >= 1, got {draws}")
+    per_draw = []
+    for _ in range(draws):
+        x, _ = problem.posterior.sample(samples, generator)
+        sc = score(problem, x, reference, directions)
+        per_draw.append([sc[k] for k in METRICS])
+    arr = np.asarray(per_draw, dtype=np.float64)
+    out: dict[str, Any] = {"floor_draws": draws, "diverged": 0, "per_draw": arr}
+    for j, k in enumerate(METRICS):
+        out[k] = float(np.median(arr[:, j]))
+        for q in FLOOR_RANGE:
+            out[f"{k}_p{q:02d}"] = float(np.percentile(arr[:, j], q))
+    return out
+
+
+def floor_row(problem: Problem, seed: int, samples: int, projections: int, draws: int) -> dict:
+    """The ``exact`` row of one problem (see :func:`exact_floor`): its reference set and
+    directions are those of :func:`run`, so the row is the one a full run writes."""
+    directions = random_directions(projections, problem.dim, derived_seed(seed, problem.dim, 99))
+    gref = reference_generator(seed, problem.dim, problem.m, problem.sigma)
+    reference, _ = problem.posterior.sample(samples, gref)
+    floor = exact_floor(problem, reference, directions, samples, draws, gref)
+    floor.pop("per_draw")
+    return dict(d=problem.dim, m=problem.m, sigma_y=problem.sigma, samples=samples, sampler="-", nfe=0,
+                method=EXACT, solver="-", params="", seconds=0.0, **floor)
+
+
 # --------------------------------------------------------------------------------------------
 # Running the samplers
 # --------------------------------------------------------------------------------------------
@@ -185,31 +247,31 @@ def score(problem: Problem, x: torch.Tensor, reference: torch.Tensor, directions
 class ExactLikelihoodStep(Solver):
     """Oracle step: x_{t-1} = x' + w_t ∇_{x_t} log p(y | x_t) with the exact Gaussian-mixture
     likelihood (:meth:`GaussianMixture.measurement_log_likelihood`) and the sampler's weight w_t
-    (``score_weight``, as ``scale: auto``). Its samples differ from the exact posterior only by
+    (``step.weight``, as ``scale: auto``). Its samples differ from the exact posterior only by
     the sampler's discretisation: the ceiling for every approximate likelihood. Not registered
     (it needs the prior); ``needs_grad`` only so that the sampler leaves autograd on."""
 
     needs_grad = True
-    uses_score_weight = True
     params: dict = {}
     names = ("oracle",)
 
     def __init__(self, prior: GaussianMixture, A: np.ndarray, y: torch.Tensor, sigma: float) -> None:
-        super().__init__(None, None)
+        super().__init__()
         self.prior, self.A, self.y, self.sigma = prior, A, y, float(sigma)
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: Any, t: int,
-                 alpha_bar: torch.Tensor, score_weight: Optional[torch.Tensor] = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_{t-1} (N, d, 1, 1), zeros (N,)); ``y`` is ignored (the problem's y is used)."""
+    def step(self, step: Any, y: Any, physics: Any) -> torch.Tensor:
+        """x_{t-1} (N, d, 1, 1); ``y`` is ignored (the problem's y is used)."""
+        x_prev = step.proposal
         dtype = compute_dtype(x_prev)
-        w = as_score_weight(score_weight, x_prev.shape[0], dtype, x_prev.device, "oracle")
+        w = step.weight.to(dtype)
         with torch.enable_grad():
-            x = as_vectors(x_t.detach()).double().requires_grad_(True)
-            ll = self.prior.measurement_log_likelihood(x, float(alpha_bar.reshape(-1)[0]), self.A, self.y, self.sigma)
+            x = as_vectors(step.x_t.detach()).double().requires_grad_(True)
+            ll = self.prior.measurement_log_likelihood(x, float(step.alpha_bar.reshape(-1)[0]), self.A, self.y,
+                                                       self.sigma)
             (grad,) = torch.autograd.grad(ll.sum(), x)
+        step.residual = torch.zeros(x_prev.shape[0], dtype=dtype)
         x_next = x_prev.detach().to(dtype) + per_sample(w, x_prev) * grad.reshape(x_prev.shape).to(dtype)
-        return x_next.to(x_prev.dtype), torch.zeros(x_prev.shape[0], dtype=dtype)
+        return x_next.to(x_prev.dtype)
 
 
 def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsilon, method: Method,
@@ -218,16 +280,17 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
     per-sample divergence steps. Sample i's x_T and noise come from generator (seed, i), the same
     for every method."""
     d = problem.dim
-    operator = get_operator("dense", matrix=problem.A, input_shape=(d, 1, 1))
-    noiser = get_noise("gaussian", sigma=problem.sigma)
+    physics = Physics(get_operator("dense", matrix=problem.A, input_shape=(d, 1, 1)),
+                      get_noise("gaussian", sigma=problem.sigma))
+    physics.draw(None, (n, d, 1, 1))
     if method.solver == "oracle":
         solver = ExactLikelihoodStep(problem.prior, problem.A, problem.y, problem.sigma)
     else:
-        solver = get_solver(method.solver, operator, noiser, **method.params)
+        solver = get_solver(method.solver, **method.params)
     gens = torch_generators(seed, range(n), STREAM_SAMPLER)
     x_T = randn((d, 1, 1), gens)
     y = problem.y.float().reshape(1, -1, 1, 1).expand(n, -1, 1, 1).contiguous()
-    result = diffusion.sample(model, x_T, y, solver, gens, progress=False)
+    result = sample(model, diffusion, x_T, y, solver, physics, gens, progress=False)
     x = as_vectors(result.x0).double()
     bad = torch.tensor([s is not None for s in result.diverged_at], dtype=torch.bool)
     x[bad] = float("nan")
@@ -236,12 +299,13 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
 
 def run(dims: Sequence[int], ms: Sequence[int], sigmas: Sequence[float], samples: int, projections: int,
         seed: int = 0, methods: Sequence[Method] = METHODS, samplers: Sequence[str] = tuple(SAMPLERS),
-        ddpm_sigmas: Optional[Sequence[float]] = None,
+        ddpm_sigmas: Optional[Sequence[float]] = None, floor_draws: int = FULL["floor_draws"],
         report: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Run the grid; returns one dict per (problem, sampler, method) with the CSV fields, plus
-    an ``exact`` row per problem. The prior (``none``) is sampled once per (d, sampler) and scored
-    on every problem of that d. DDPM samplers run only at the σ_y in ``ddpm_sigmas`` (None: all).
-    ``report(row)`` is called after each row (progress)."""
+    an ``exact`` row per problem (the floor over ``floor_draws`` exact draws, :func:`exact_floor`).
+    The prior (``none``) is sampled once per (d, sampler) and scored on every problem of that d.
+    DDPM samplers run only at the σ_y in ``ddpm_sigmas`` (None: all). ``report(row)`` is called
+    after each row (progress)."""
     rows: list[dict] = []
     for d in dims:
         model = GMMEpsilon.from_schedule(grid_mixture(d, seed=seed), DIFFUSION["noise_schedule"], DIFFUSION["steps"])
@@ -250,12 +314,12 @@ def run(dims: Sequence[int], ms: Sequence[int], sigmas: Sequence[float], samples
         for m in ms:
             for sigma in sigmas:
                 problem = make_problem(d, m, sigma, seed)
-                gref = torch.Generator().manual_seed(derived_seed(seed, d, m, int(round(sigma * 1e6)), 2))
+                gref = reference_generator(seed, d, m, sigma)
                 reference, _ = problem.posterior.sample(samples, gref)
-                exact, _ = problem.posterior.sample(samples, gref)
+                floor = exact_floor(problem, reference, directions, samples, floor_draws, gref)
+                floor.pop("per_draw")
                 base = dict(d=d, m=m, sigma_y=sigma, samples=samples)
-                row = dict(base, sampler="-", nfe=0, method=EXACT, solver="-", params="", seconds=0.0,
-                           **score(problem, exact, reference, directions))
+                row = dict(base, sampler="-", nfe=0, method=EXACT, solver="-", params="", seconds=0.0, **floor)
                 rows.append(row)
                 if report:
                     report(row)
@@ -300,64 +364,62 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def summary_table(rows: Sequence[dict], sigma: float) -> str:
-    """Markdown table for one σ_y: per (sampler, method), the median over m of each metric, one
-    column group per d, and the diverged-sample total."""
-    rows = [r for r in rows if math.isclose(r["sigma_y"], sigma)]
-    dims = sorted({r["d"] for r in rows})
+METRIC_NAMES = {"sw": "sliced Wasserstein-2 distance", "mean_err": "error of the posterior mean",
+                "weight_tv": "weight TV"}
+
+
+def is_exact(row: dict) -> bool:
+    """Whether ``row`` is a problem's exact-draw row (the floor, or a legacy second draw)."""
+    return row["method"] in (EXACT, LEGACY_EXACT)
+
+
+def _cell(row: dict, metric: str) -> str:
+    """A table cell: the value; for the floor also its 5–95 % range; for a method with
+    diverged samples, their count."""
+    value = _fmt(row[metric])
+    lo, hi = row.get(f"{metric}_p{FLOOR_RANGE[0]:02d}"), row.get(f"{metric}_p{FLOOR_RANGE[1]:02d}")
+    if is_exact(row) and lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+        return f"{value} [{_fmt(lo)}, {_fmt(hi)}]"
+    if row.get("diverged"):
+        return f"{value} ({row['diverged']} div.)"
+    return value
+
+
+def _row_order(rows: Sequence[dict]) -> list[tuple[str, str]]:
     order: list[tuple[str, str]] = []
     for r in rows:
         key = (r["sampler"], r["method"])
         if key not in order:
             order.append(key)
-    head = ["sampler", "method"] + [f"SW d={d}" for d in dims] + [f"mean err d={d}" for d in dims] \
-        + [f"weight TV d={d}" for d in dims] + ["diverged"]
+    return sorted(order, key=lambda k: not any(is_exact(r) for r in rows if (r["sampler"], r["method"]) == k))
+
+
+def metric_table(rows: Sequence[dict], sigma: float, metric: str) -> str:
+    """Markdown table of one metric at one σ_y: a row per (sampler, method), a column per
+    (d, m), so every m is shown. The floor row (first) reads "median [5th, 95th percentile]"
+    over its exact draws; cells with no row (e.g. DDPM not run at that σ_y) read "–"."""
+    rows = [r for r in rows if math.isclose(r["sigma_y"], sigma)]
+    cols = sorted({(r["d"], r["m"]) for r in rows})
+    head = ["sampler", "method"] + [f"d={d} m={m}" for d, m in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for sampler, method in order:
-        sel = [r for r in rows if r["sampler"] == sampler and r["method"] == method]
+    for sampler, method in _row_order(rows):
         cells = [sampler, method]
-        for metric in ("sw", "mean_err", "weight_tv"):
-            for d in dims:
-                vals = [r[metric] for r in sel if r["d"] == d and not math.isnan(r[metric])]
-                cells.append(_fmt(statistics.median(vals)) if vals else "nan")
-        cells.append(str(sum(r["diverged"] for r in sel)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def sw_by_sigma_table(rows: Sequence[dict], sampler: str) -> str:
-    """Markdown table for one sampler: per method, the median over m of the sliced Wasserstein
-    distance at every (σ_y, d), with the exact second draw (the noise floor) first. Cells with
-    no rows (e.g. DDPM not run at that σ_y) read "–"."""
-    sel = [r for r in rows if r["sampler"] in ("-", sampler)]
-    cols = sorted({(r["sigma_y"], r["d"]) for r in sel})
-    order: list[str] = []
-    for r in sel:
-        if r["method"] not in order:
-            order.append(r["method"])
-    head = ["method"] + [f"σ_y={sg:g} d={d}" for sg, d in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in order:
-        cells = [method]
-        for sg, d in cols:
-            vals = [r["sw"] for r in sel if r["method"] == method and r["d"] == d
-                    and math.isclose(r["sigma_y"], sg) and not math.isnan(r["sw"])]
-            if method != EXACT and not any(r["method"] == method and r["sampler"] == sampler and r["d"] == d
-                                           and math.isclose(r["sigma_y"], sg) for r in sel):
-                vals = []
-            cells.append(_fmt(statistics.median(vals)) if vals else "–")
+        for d, m in cols:
+            sel = [r for r in rows if r["sampler"] == sampler and r["method"] == method and r["d"] == d
+                   and r["m"] == m]
+            cells.append(_cell(sel[-1], metric) if sel else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def full_table(rows: Sequence[dict]) -> str:
-    """Markdown table of every row."""
+    """Markdown table of every row (the floor with its 5–95 % range)."""
     head = ["d", "m", "σ_y", "sampler", "method", "SW", "mean err", "weight TV", "diverged", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([str(r["d"]), str(r["m"]), f"{r['sigma_y']:g}", r["sampler"], r["method"],
-                                        _fmt(r["sw"]), _fmt(r["mean_err"]), _fmt(r["weight_tv"]),
-                                        str(r["diverged"]), f"{r['seconds']:.1f}"]) + " |")
+        lines.append("| " + " | ".join([str(r["d"]), str(r["m"]), f"{r['sigma_y']:g}", r["sampler"], r["method"]]
+                                       + [_cell(dict(r, diverged=0), k) for k in METRICS]
+                                       + [str(r["diverged"]), f"{r['seconds']:.1f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -370,15 +432,17 @@ def _atomic_write(path: str, text: str) -> None:
 
 def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, settings: dict,
                   elapsed: float, provenance: Optional[str] = None) -> tuple[str, str]:
-    """Write ``<stem>.csv`` (every row) and ``<stem>.md`` (command, settings, summary and full
-    tables) into ``out_dir`` atomically; returns their paths. ``provenance`` (markdown) replaces
-    the "Made by <command> in <elapsed>" sentence (used by ``--combine``)."""
+    """Write ``<stem>.csv`` (every row) and ``<stem>.md`` (command, settings, one table per σ_y
+    and metric with every (d, m), and the table of every row) into ``out_dir`` atomically;
+    returns their paths. ``provenance`` (markdown) replaces the "Made by <command> in <elapsed>"
+    sentence (used by ``--combine``)."""
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                         for k in CSV_FIELDS})
     csv_path = os.path.join(out_dir, stem + ".csv")
     _atomic_write(csv_path, buf.getvalue())
     methods = "\n".join(f"- {m.label}: `{m.solver}` {format_params(m.params) or '(no parameters)'}; "
@@ -392,19 +456,34 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, command: str, s
           f"Wasserstein-2 distance, seed {settings['seed']}; DDPM 1000 at σ_y ∈ "
           f"{'all' if settings.get('ddpm_sigmas') is None else list(settings['ddpm_sigmas'])}.\n\n"
           f"Methods:\n{methods}\n\n"
-          + "".join(f"## σ_y = {sg:g} (median over m ∈ {list(settings['ms'])})\n\n{summary_table(rows, sg)}\n\n"
-                    for sg in sorted({r["sigma_y"] for r in rows}))
-          + "".join(f"## Sliced Wasserstein distance by σ_y and d, {sp} (median over m)\n\n"
-                    f"{sw_by_sigma_table(rows, sp)}\n\n"
-                    for sp in SAMPLERS if any(r["sampler"] == sp for r in rows))
+          f"{_floor_sentence(rows)}\n\n"
+          + "".join(f"## σ_y = {sg:g}: {METRIC_NAMES[k]}\n\n{metric_table(rows, sg, k)}\n\n"
+                    for sg in sorted({r["sigma_y"] for r in rows}) for k in METRICS)
           + f"## Every problem\n\n{full_table(rows)}\n")
     md_path = os.path.join(out_dir, stem + ".md")
     _atomic_write(md_path, md)
     return csv_path, md_path
 
 
+def _floor_sentence(rows: Sequence[dict]) -> str:
+    """What the exact row of the tables is (floor over draws, or a legacy single draw)."""
+    draws = sorted({r.get("floor_draws") for r in rows if r["method"] == EXACT and r.get("floor_draws")})
+    text = ""
+    if draws:
+        text = (f"The row `{EXACT}` is the Monte-Carlo floor: {'/'.join(map(str, draws))} further sets of exact "
+                f"posterior draws, each scored against the reference draws like a method; cells read "
+                f"\"median [{FLOOR_RANGE[0]}th, {FLOOR_RANGE[1]}th percentile]\" over those draws. A method "
+                f"inside that range is as close to the posterior as the metric can tell.")
+    if any(r["method"] == LEGACY_EXACT for r in rows):
+        text += (f" The row `{LEGACY_EXACT}` is a single exact draw (older runs): not a floor; rerun with "
+                 f"`--combine ... --refloor` for the median and range.")
+    return text.strip()
+
+
 _INT_FIELDS = ("d", "m", "nfe", "samples", "diverged")
 _FLOAT_FIELDS = ("sigma_y", "sw", "mean_err", "weight_tv", "seconds")
+#: Floor columns: optional in a CSV, empty on method rows (read as None).
+_OPTIONAL_FIELDS = FLOOR_FIELDS
 
 
 def read_rows(path: str) -> list[dict]:
@@ -416,15 +495,18 @@ def read_rows(path: str) -> list[dict]:
     """
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
+        missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ()) and k not in _OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"{path}: not a benchmarks.gmm CSV (missing column(s) {', '.join(missing)})")
         rows = []
         for line, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {k: raw[k] for k in CSV_FIELDS}
-            for k in _INT_FIELDS + _FLOAT_FIELDS:
+            row: dict[str, Any] = {k: raw.get(k) for k in CSV_FIELDS}
+            for k in _INT_FIELDS + _FLOAT_FIELDS + _OPTIONAL_FIELDS:
+                if k in _OPTIONAL_FIELDS and raw.get(k) in (None, ""):
+                    row[k] = None
+                    continue
                 try:
-                    row[k] = int(raw[k]) if k in _INT_FIELDS else float(raw[k])
+                    row[k] = int(raw[k]) if k in _INT_FIELDS + ("floor_draws",) else float(raw[k])
                 except (TypeError, ValueError):
                     raise ValueError(f"{path}, line {line}: column {k} = {raw[k]!r} is not a number") from None
             rows.append(row)
@@ -442,11 +524,26 @@ def combine_rows(tables: Sequence[Sequence[dict]]) -> list[dict]:
         for r in rows:
             merged[(r["d"], r["m"], round(float(r["sigma_y"]), 9), r["sampler"], r["method"])] = r
     sampler_rank = {"-": -1, **{s: i for i, s in enumerate(SAMPLERS)}}
-    method_rank = {EXACT: -1, **{m.label: i for i, m in enumerate(METHODS)}}
+    method_rank = {EXACT: -2, LEGACY_EXACT: -1, **{m.label: i for i, m in enumerate(METHODS)}}
     return sorted(merged.values(), key=lambda r: (r["d"], r["m"], float(r["sigma_y"]),
                                                    sampler_rank.get(r["sampler"], len(sampler_rank)),
                                                    method_rank.get(r["method"], len(method_rank)),
                                                    r["method"]))
+
+
+def refloor_rows(rows: Sequence[dict], seed: int, projections: int, draws: int) -> list[dict]:
+    """``rows`` with every problem's exact row replaced by :func:`floor_row` (legacy
+    single-draw rows dropped), recomputed from the seed alone: the problems, reference draws and
+    directions are those of the run that made the rows, so only ``projections`` (and ``seed``)
+    must match that run. Ordered as :func:`combine_rows`."""
+    samples: dict[tuple[int, int, float], int] = {}
+    for r in rows:
+        key = (r["d"], r["m"], float(r["sigma_y"]))
+        samples[key] = max(samples.get(key, 0), int(r["samples"]))
+    kept = [r for r in rows if not is_exact(r)]
+    floors = [floor_row(make_problem(d, m, sigma, seed), seed, n, projections, draws)
+              for (d, m, sigma), n in sorted(samples.items())]
+    return combine_rows([kept + floors])
 
 
 def _made_by_line(csv_path: str) -> str:
@@ -478,6 +575,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="subset of the samplers")
     p.add_argument("--ddpm-sigmas", type=float, nargs="+", dest="ddpm_sigmas",
                    help="σ_y at which DDPM 1000 runs (full default: 0.1 only; give all three for the whole grid)")
+    p.add_argument("--floor-draws", type=int, dest="floor_draws",
+                   help="exact draws behind the floor's median and 5-95 %% range (full default 50, quick 20)")
+    p.add_argument("--refloor", action="store_true",
+                   help="with --combine: recompute the exact floor of every problem of the merged grid "
+                        "(cheap: exact sampling only), replacing older exact rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -495,10 +597,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     settings = dict(QUICK if args.quick else FULL)
-    for key in ("dims", "ms", "sigmas", "samples", "projections", "ddpm_sigmas"):
+    for key in ("dims", "ms", "sigmas", "samples", "projections", "ddpm_sigmas", "floor_draws"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings.update(seed=args.seed, threads=args.threads)
+    if settings["floor_draws"] < 1:
+        print(f"error: --floor-draws must be >= 1, got {settings['floor_draws']}", file=sys.stderr)
+        return 2
+    if args.refloor and not args.combine:
+        print("error: --refloor only works with --combine (a run computes its floor anyway)", file=sys.stderr)
+        return 2
     samplers = tuple(args.samplers or SAMPLERS)
     command = "python -m benchmarks.gmm" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
@@ -513,12 +621,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               flush=True)
 
     rows = run(settings["dims"], settings["ms"], settings["sigmas"], settings["samples"], settings["projections"],
-               seed=args.seed, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"], report=report)
+               seed=args.seed, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"],
+               floor_draws=settings["floor_draws"], report=report)
     elapsed = time.perf_counter() - start
     stem = args.name or ("gmm_quick" if args.quick else "gmm")
     csv_path, md_path = write_results(rows, args.out, stem, command, settings, elapsed)
     for sg in sorted({r["sigma_y"] for r in rows}):
-        print(f"\nσ_y = {sg:g} (median over m)\n{summary_table(rows, sg)}")
+        print(f"\nσ_y = {sg:g}, weight TV\n{metric_table(rows, sg, 'weight_tv')}")
     print(f"\nwrote {csv_path} and {md_path} in {elapsed / 60:.1f} min")
     return 0
 
@@ -536,13 +645,16 @@ def _combine(args: argparse.Namespace, command: str, settings: dict) -> int:
     if not rows:
         print("benchmarks.gmm --combine: the CSVs hold no rows", file=sys.stderr)
         return 2
+    if args.refloor:
+        rows = refloor_rows(rows, settings["seed"], settings["projections"], settings["floor_draws"])
     ddpm = sorted({r["sigma_y"] for r in rows if r["sampler"].startswith("DDPM")})
     sigmas = sorted({r["sigma_y"] for r in rows})
     settings.update(dims=sorted({r["d"] for r in rows}), ms=sorted({r["m"] for r in rows}), sigmas=sigmas,
                     samples=max(r["samples"] for r in rows), ddpm_sigmas=None if ddpm == sigmas else ddpm)
     sources = "".join(f"\n- `{os.path.basename(p)}`: made by {_made_by_line(p)}" for p in args.combine)
-    provenance = (f"Merged by `{command}` (a later file's row replaces an earlier one) from the rows of:"
-                  f"{sources}")
+    provenance = (f"Merged by `{command}` (a later file's row replaces an earlier one"
+                  + (f"; the exact floor recomputed from {settings['floor_draws']} exact draws per problem"
+                     if args.refloor else "") + f") from the rows of:{sources}")
     stem = args.name or "gmm"
     csv_path, md_path = write_results(rows, args.out, stem, command, settings, 0.0, provenance=provenance)
     print(f"merged {len(rows)} rows from {len(args.combine)} file(s) into {csv_path} and {md_path}")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from builder import build_measurement, build_model, build_sampler, build_solver
+from builder import build_physics, build_model, build_sampler, build_solver
+from sampling import sample
 from util.config import load_yaml
 from util.metrics import psnr, ssim
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
@@ -17,8 +18,27 @@ from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
          "inpainting_box")
-#: method -> (sampler folder, task-config prefix)
-METHODS = {"DPS": ("DDPM", "dps_"), "CoDPS": ("DDPM", ""), "CoDPS+": ("DDIM", "")}
+
+
+def discover_methods() -> dict[str, tuple[str, str]]:
+    """method -> (sampler folder, task-config prefix), for every method with a committed MNIST
+    config for ``gaussian_deblur``: configs/MNIST/<DDPM|DDIM>/<prefix>gaussian_deblur_config.yaml
+    whose ``conditioning.method`` names it (so a new method with configs joins the benchmarks
+    with no edit here). Ordered DDPM before DDIM, then by file name."""
+    found: dict[str, tuple[str, str]] = {}
+    suffix = "gaussian_deblur_config.yaml"
+    for sampling in ("DDPM", "DDIM"):
+        folder = os.path.join(ROOT, "configs", "MNIST", sampling)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(suffix):
+                method = (load_yaml(os.path.join(folder, name)).get("conditioning") or {}).get("method")
+                if method and method not in found:
+                    found[method] = (sampling, name[: -len(suffix)])
+    return found
+
+
+#: method -> (sampler folder, task-config prefix), e.g. {"DPS": ("DDPM", "dps_"), "CoDPS": ("DDPM", ""), ...}
+METHODS = discover_methods()
 
 
 def config_path(sampling: str, name: str) -> str:
@@ -46,21 +66,23 @@ def load_prior(device: str = "cpu") -> torch.nn.Module:
 
 @dataclass
 class Measured:
-    """A batch of measurements: operator (with its draws), noiser, y and the clean images x."""
-    operator: object
-    noiser: object
+    """A batch of measurements: the physics (operator with its draws, noise), y and the clean images x."""
+    physics: object
     x: torch.Tensor
     y: torch.Tensor
+
+    @property
+    def operator(self):
+        """The physics' operator."""
+        return self.physics.operator
 
 
 def measure(task_cfg: dict, x: torch.Tensor, indices, seed: int) -> Measured:
     """Measure clean images x (N, 1, 32, 32) in [-1, 1] as the CLI does for images ``indices``:
     kernels / masks from (seed, i, operator stream), noise from (seed, i, noise stream)."""
-    operator, noiser = build_measurement(task_cfg["measurement"])
-    with torch.no_grad():
-        operator.draw(numpy_rngs(seed, indices, STREAM_OPERATOR), tuple(x.shape))
-        y = noiser(operator.forward(x), torch_generators(seed, indices, STREAM_NOISE))
-    return Measured(operator, noiser, x, y)
+    physics = build_physics(task_cfg["measurement"])
+    y = physics.measure(x, numpy_rngs(seed, indices, STREAM_OPERATOR), torch_generators(seed, indices, STREAM_NOISE))
+    return Measured(physics, x, y)
 
 
 def restore(method: str, task: str, m: Measured, indices, seed: int, params: dict | None = None,
@@ -70,20 +92,20 @@ def restore(method: str, task: str, m: Measured, indices, seed: int, params: dic
     cfg = task_config(method, task)
     cond = dict(cfg["conditioning"])
     cond["params"] = {**(cond.get("params") or {}), **(params or {})}
-    solver = build_solver(cond, m.operator, m.noiser)
+    solver = build_solver(cond, m.physics)
     sampler = build_sampler(load_yaml(config_path(METHODS[method][0], "diffusion_config")))
     gens = torch_generators(seed, indices, STREAM_SAMPLER)
     t0 = time.perf_counter()
-    res = sampler.sample(load_prior(), randn(m.x.shape[1:], gens), m.y, solver, gens, progress=progress,
-                         desc=f"{method} {task}")
+    res = sample(load_prior(), sampler, randn(m.x.shape[1:], gens), m.y, solver, m.physics, gens,
+                 progress=progress, desc=f"{method} {task}")
     return res.x0, (time.perf_counter() - t0) / len(indices), res.nfe
 
 
 def classical_inverse(m: Measured, lam: float) -> torch.Tensor:
     """Regularised inverse x = Aᵀ (A Aᵀ + λ I)⁻¹ y (Tikhonov / minimum-norm least squares with
-    ridge λ), computed with the operator's exact ``cov_solve`` (r² = 1, σ² = λ)."""
+    ridge λ), computed with the physics' ``cov_solve`` (r² = 1, σ² = λ)."""
     with torch.no_grad():
-        return m.operator.adjoint(m.operator.cov_solve(m.y, 1.0, lam))
+        return m.physics.A_T(m.physics.cov_solve(m.y, 1.0, lam))
 
 
 def scores(x: torch.Tensor, ref: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -12,6 +12,7 @@ import torch
 
 from benchmarks.mnist_common import config_path, load_prior
 from builder import build_sampler
+from sampling import sample
 from solvers import get_solver
 from util.config import load_yaml
 from util.image_io import save_png
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     n = a.rows * a.rows
     sampler = build_sampler(load_yaml(config_path("DDIM", "diffusion_config")))
     gens = torch_generators(a.seed, range(n), STREAM_SAMPLER)
-    res = sampler.sample(load_prior(), randn((1, 32, 32), gens), None, get_solver("none", None, None), gens)
+    res = sample(load_prior(), sampler, randn((1, 32, 32), gens), None, get_solver("none"), None, gens)
     imgs = ((res.x0.clamp(-1, 1) + 1) / 2).squeeze(1).numpy()          # (n, 32, 32) in [0, 1]
     pad = np.ones((n, 34, 34), dtype=np.float32)
     pad[:, 1:33, 1:33] = imgs

@@ -59,10 +59,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from builder import build_dataset, build_measurement, build_model, operator_kwargs  # noqa: E402
+from builder import build_dataset, build_model, build_physics, operator_kwargs  # noqa: E402
 from guided_diffusion.gaussian_diffusion import create_sampler  # noqa: E402
 from operators import get_noise, get_operator, list_operators  # noqa: E402
-from solvers import get_solver, list_solvers  # noqa: E402
+from operators import Physics  # noqa: E402
+from sampling import make_step, sample  # noqa: E402
+from solvers import get_solver, list_methods, list_solvers  # noqa: E402
 from util.config import load_yaml  # noqa: E402
 from util.metrics import psnr  # noqa: E402
 from util.seeding import (STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn,  # noqa: E402
@@ -142,14 +144,15 @@ class TimedModel(torch.nn.Module):
 
 def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y: torch.Tensor | None,
                        shape: Sequence[int], device: torch.device, warmup: int, repeats: int,
-                       seed: int = 0) -> dict:
-    """Time sampler steps inside ``GaussianDiffusion.sample``: a schedule of warmup + repeats + 1
+                       seed: int = 0, physics: Any = None) -> dict:
+    """Time sampler steps inside ``sampling.sample``: a schedule of warmup + repeats + 1
     steps, the first ``warmup`` steps and the last (t = 0, where CoDPS+ does not correct) not
     counted.
 
     Args:
         model: the ε-network; sampler_kind: "ddim" or "ddpm"; solver: a solvers.Solver;
-        y: the measurement (None for the plain sampler); shape: (N, C, H, W) of the batch.
+        y: the measurement (None for the plain sampler); shape: (N, C, H, W) of the batch;
+        physics: the ``operators.Physics`` of y (None for the plain sampler).
     Returns:
         {"step_s": median seconds per step, "network_s": median network seconds per step,
         "rest_s": median (step − network), "network_calls_per_step": calls / steps,
@@ -168,7 +171,7 @@ def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y
 
     sync(device)
     start = time.perf_counter()
-    sampler.sample(timed, x_t, y, solver, gens, callback=callback, progress=False)
+    sample(timed, sampler, x_t, y, solver, physics, gens, callback=callback, progress=False)
     bounds = [start] + stamps
     step_times = [bounds[k + 1] - bounds[k] for k in range(steps)]
     kept = range(warmup, warmup + repeats)
@@ -219,10 +222,14 @@ def operator_settings(size: str) -> dict[str, dict]:
 class Measurement:
     """An operator with its draws for a batch, its noise model, the clean batch x and y."""
     name: str
-    operator: Any
-    noiser: Any
+    physics: Any
     x: torch.Tensor
     y: torch.Tensor
+
+    @property
+    def operator(self) -> Any:
+        """The physics' operator."""
+        return self.physics.operator
 
 
 def make_measurement(name: str, kwargs: dict, shape: Sequence[int], device: torch.device,
@@ -230,26 +237,20 @@ def make_measurement(name: str, kwargs: dict, shape: Sequence[int], device: torc
     """Build operator ``name`` with ``kwargs``, draw it for ``shape`` with per-image seeds and
     measure a random smooth batch x in [-1, 1]. Raises ValueError / RuntimeError when the
     operator cannot handle the shape."""
-    operator = get_operator(name, device=device, **kwargs)
-    noiser = get_noise("gaussian", sigma=NOISE_SIGMA)
+    physics = Physics(get_operator(name, device=device, **kwargs), get_noise("gaussian", sigma=NOISE_SIGMA))
     idx = list(range(shape[0]))
     g = torch.Generator().manual_seed(seed)
     low = torch.rand((shape[0], shape[1], 8, 8), generator=g) * 2 - 1
     x = torch.nn.functional.interpolate(low, size=tuple(shape[2:]), mode="bicubic", align_corners=False)
     x = x.clamp(-1, 1).to(device)
-    with torch.no_grad():   # not inference_mode: the operator's cached tensors must stay usable by autograd (DPS)
-        operator.draw(numpy_rngs(seed, idx, STREAM_OPERATOR), tuple(x.shape))
-        y = noiser(operator.forward(x), torch_generators(seed, idx, STREAM_NOISE))
-    return Measurement(name, operator, noiser, x, y)
+    # measure runs under no_grad, not inference_mode: the operator's cached tensors must stay usable by autograd (DPS)
+    y = physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
+    return Measurement(name, physics, x, y)
 
 
 def solver_names() -> list[str]:
     """One registered name per solver class (aliases dropped), the plain sampler ("none") first."""
-    seen: dict[type, str] = {}
-    for name in list_solvers():
-        cls = type(get_solver(name, get_operator("noise"), get_noise("gaussian", sigma=NOISE_SIGMA)))
-        seen.setdefault(cls, cls.names[0] if getattr(cls, "names", None) else name)
-    names = list(seen.values())
+    names = [cls.names[0] for cls in list_methods()]
     return sorted(names, key=lambda n: (n != "none", n.lower()))
 
 
@@ -302,7 +303,6 @@ def dc_table(size: str, device: torch.device, forward_s: float, warmup: int, rep
     cfg = model_config(size)
     shape = image_shape(cfg)
     rows = []
-    ab = torch.tensor([0.5], device=device)
     for name, kwargs in operator_settings(size).items():
         try:
             m = make_measurement(name, kwargs, shape, device)
@@ -319,9 +319,9 @@ def dc_table(size: str, device: torch.device, forward_s: float, warmup: int, rep
             for solver_name in ("CoDPS", "CoDPS+"):
                 if solver_name not in list_solvers():
                     continue
-                solver = get_solver(solver_name, m.operator, m.noiser)
-                kw = {"score_weight": torch.full((1,), 0.01, device=device)} if solver.uses_score_weight else {}
-                sec = time_call(lambda: solver(x0, x0, x0, m.y, DC_STEP, ab, **kw), device, warmup, repeats)
+                solver = get_solver(solver_name)
+                step = make_step(x0, x0, x0, DC_STEP, 0.5, weight=0.01)
+                sec = time_call(lambda: solver.step(step, m.y, m.physics), device, warmup, repeats)
                 row[f"{solver_name}_ms"] = 1e3 * sec["median_s"]
                 row[f"{solver_name}_pct_of_forward"] = 100.0 * sec["median_s"] / forward_s
         rows.append(row)
@@ -338,7 +338,7 @@ def step_table(size: str, model: torch.nn.Module, device: torch.device, warmup: 
     names = list(solvers) if solvers is not None else solver_names()
     plain: dict[str, dict] = {}
     for kind in sorted({sampler_of(s) for s in names if s != "none"} | {"ddim"}):
-        res = time_sampler_steps(model, kind, get_solver("none", None, None), None, shape, device, warmup, repeats)
+        res = time_sampler_steps(model, kind, get_solver("none"), None, shape, device, warmup, repeats)
         plain[kind] = res
     rows = [{"operator": "-", "solver": f"plain ({kind})", "sampler": kind, **res, "ratio": 1.0,
              "overhead_ratio": 1.0} for kind, res in plain.items()]
@@ -355,11 +355,12 @@ def step_table(size: str, model: torch.nn.Module, device: torch.device, warmup: 
                 continue
             kind = sampler_of(solver_name)
             try:
-                solver = get_solver(solver_name, m.operator, m.noiser)
+                solver = get_solver(solver_name)
+                solver.check(m.physics)
             except ValueError as exc:
                 rows.append({"operator": name, "solver": solver_name, "skipped": str(exc)[:200]})
                 continue
-            res = time_sampler_steps(model, kind, solver, m.y, shape, device, warmup, repeats)
+            res = time_sampler_steps(model, kind, solver, m.y, shape, device, warmup, repeats, physics=m.physics)
             base = plain[kind]
             rows.append({"operator": name, "solver": solver_name, "sampler": kind, **res,
                          "ratio": res["step_s"] / base["step_s"],
@@ -409,8 +410,7 @@ def memory_child(spec: dict) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, device)
     m = make_measurement(MAIN_OPERATOR, operator_settings(size)[MAIN_OPERATOR], shape, device)
-    solver = get_solver(solver_name, None if solver_name == "none" else m.operator,
-                        None if solver_name == "none" else m.noiser)
+    solver = get_solver(solver_name)
     sampler = create_sampler(sampler=sampler_of(solver_name), timestep_respacing="2")
     gens = torch_generators(0, [0], STREAM_SAMPLER)
     x_t = randn(shape[1:], gens, device=device)
@@ -422,7 +422,8 @@ def memory_child(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device) / 2 ** 20
-    sampler.sample(model, x_t, None if solver_name == "none" else m.y, solver, gens, progress=False)
+    sample(model, sampler, x_t, None if solver_name == "none" else m.y, solver, None if solver_name == "none"
+           else m.physics, gens, progress=False)
     sync(device)
     after = _proc_status_mb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
     out = {"solver": solver_name, "size": size, "operator": MAIN_OPERATOR, "rss_before_mb": before,
@@ -485,9 +486,9 @@ def batch_table(size: str, model: torch.nn.Module, device: torch.device, warmup:
             continue
         shape = image_shape(cfg, n)
         m = make_measurement(MAIN_OPERATOR, operator_settings(size)[MAIN_OPERATOR], shape, device)
-        solver = get_solver("CoDPS+", m.operator, m.noiser)
+        solver = get_solver("CoDPS+")
         try:
-            res = time_sampler_steps(model, "ddim", solver, m.y, shape, device, warmup, repeats)
+            res = time_sampler_steps(model, "ddim", solver, m.y, shape, device, warmup, repeats, physics=m.physics)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             rows.append({"batch": n, "skipped": "out of memory"})
@@ -541,8 +542,8 @@ def precision_table(size: str, device: torch.device, warmup: int, repeats: int, 
                     rows.append(row)
                     log.info("precision %s %s: %s", size, label, row["skipped"])
                     continue
-        solver = get_solver("CoDPS+", m.operator, m.noiser)
-        res = time_sampler_steps(model, "ddim", solver, m.y, shape, device, warmup, repeats)
+        solver = get_solver("CoDPS+")
+        res = time_sampler_steps(model, "ddim", solver, m.y, shape, device, warmup, repeats, physics=m.physics)
         if label == "fp32":
             fp32_forward = res["network_s"]
         row.update(res)
@@ -590,18 +591,17 @@ def precision_psnr(device: torch.device, ckpt: str, tasks: Sequence[str], num_im
         n = len(dataset) if num_images is None else min(num_images, len(dataset))
         idx = list(range(n))
         x = torch.stack([dataset.load(i) for i in idx]).to(device)
-        operator, noiser = build_measurement(task_cfg["measurement"], device)
-        with torch.no_grad():
-            operator.draw(numpy_rngs(seed, idx, STREAM_OPERATOR), tuple(x.shape))
-            y = noiser(operator.forward(x), torch_generators(seed, idx, STREAM_NOISE))
+        physics = build_physics(task_cfg["measurement"], device)
+        y = physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
         cond = task_cfg["conditioning"]
-        solver = get_solver(cond["method"], operator, noiser, **dict(cond.get("params") or {}))
+        solver = get_solver(cond["method"], **dict(cond.get("params") or {}))
         scores, secs = {}, {}
         for fp16, model in models.items():
             gens = torch_generators(seed, idx, STREAM_SAMPLER)
             sync(device)
             start = time.perf_counter()
-            res = sampler.sample(model, randn(x.shape[1:], gens, device=device), y, solver, gens, progress=False)
+            res = sample(model, sampler, randn(x.shape[1:], gens, device=device), y, solver, physics, gens,
+                         progress=False)
             sync(device)
             secs[fp16] = (time.perf_counter() - start) / n
             scores[fp16] = np.asarray(psnr(res.x0, x))

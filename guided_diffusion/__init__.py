@@ -1,3 +1,3 @@
 """The diffusion prior: the ADM UNet (``unet``), noise schedules and timestep respacing
-(``respace``), the DDPM / DDIM samplers with a solver hook (``gaussian_diffusion``) and the
+(``respace``), the DDPM / DDIM reverse steps (``gaussian_diffusion``) and the
 training command (``train``)."""

@@ -1,22 +1,15 @@
 """The Gaussian diffusion process (Ho et al. 2020) with respaced timesteps, its training loss,
-and the DDPM / DDIM sampling loops in which a data-consistency solver maps the unconditional
-proposal to x_{t-1} (Gaussian is All You Need, Alg. 1 / Alg. 2)."""
+and the DDPM / DDIM reverse steps (the unconditional proposal x'_{t-1}, its noise std and the
+likelihood-score weight w_t) that the loop in :mod:`sampling.loop` uses."""
 from __future__ import annotations
 
-import logging
 import math
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from util.seeding import randn
 from .respace import get_named_beta_schedule, respaced_betas, space_timesteps
-
-log = logging.getLogger(__name__)
 
 MEAN_TYPES = ("epsilon",)
 VAR_TYPES = ("learned_range", "fixedlarge", "fixedsmall")
@@ -51,17 +44,6 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     cdf_delta = cdf_plus - cdf_min
     return torch.where(x < -0.999, log_cdf_plus,
                        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
-
-
-@dataclass
-class SampleResult:
-    """Output of a sampling loop.
-
-    x0: (N, C, H, W) final samples (diverged samples are zeros); diverged_at: per sample, None
-    or the 0-based step count at which it became NaN / inf; nfe: network evaluations per image."""
-    x0: torch.Tensor
-    diverged_at: list = field(default_factory=list)
-    nfe: int = 0
 
 
 class GaussianDiffusion:
@@ -214,6 +196,15 @@ class GaussianDiffusion:
         """ᾱ_t of the respaced process for indices t (N,), float32 (N,)."""
         return torch.from_numpy(self.alphas_cumprod).to(t.device)[t].float()
 
+    def alpha_bar_prev(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ_{t-1} of the respaced process for indices t (N,) (1 at t = 0), float32 (N,)."""
+        return torch.from_numpy(self.alphas_cumprod_prev).to(t.device)[t].float()
+
+    def proposal_std(self, out: dict, t: torch.Tensor) -> torch.Tensor:
+        """The std σ_t of the noise in :meth:`proposal`, broadcastable to x ((N, 1, 1, 1), or
+        (N, C, H, W) for learned variances). Implemented by the DDPM and DDIM samplers."""
+        raise NotImplementedError
+
     def score_weights(self) -> np.ndarray:
         """(num_timesteps,) float64 w_t: adding w_t · G to the proposal x' of step t is the same as
         giving the proposal the score ∇ log p_t(x_t) + G (ε̂ → ε̂ − √(1 − ᾱ_t) G). Implemented
@@ -222,84 +213,23 @@ class GaussianDiffusion:
 
     def score_weight(self, t: torch.Tensor) -> torch.Tensor:
         """w_t of :meth:`score_weights` for respaced indices t (N,), float32 (N,); passed to
-        solvers with ``uses_score_weight`` (``scale: auto``, ΠGDM)."""
+        methods as ``Step.weight`` (``scale: auto``, ΠGDM)."""
         if getattr(self, "_score_weights", None) is None:
             self._score_weights = torch.from_numpy(self.score_weights()).float()
         return self._score_weights.to(t.device)[t]
-
-    def sample(self, model: Callable, x_T: torch.Tensor, y: Optional[torch.Tensor], solver,
-               generators: Sequence[torch.Generator], callback: Optional[Callable] = None,
-               progress: bool = True, desc: str = "") -> SampleResult:
-        """Posterior sampling loop (Gaussian is All You Need, Alg. 1 (DDPM) / Alg. 2 (DDIM)).
-
-        Per respaced step t = T−1..0: one network call gives x0_hat and the unconditional
-        proposal x' (:meth:`proposal`); ``solver(x_t, x', x0_hat, y, t, alpha_bar)`` returns
-        (x_{t-1}, residual (N,)). Solvers with ``needs_grad`` (DPS, ΠGDM) get x_t with a graph
-        through the network; the others run under ``torch.inference_mode()``. Solvers with
-        ``uses_score_weight`` also get the keyword ``score_weight=`` :meth:`score_weight` (N,).
-
-        Args:
-            model: ε-network ``model(x (N,C,H,W), timesteps (N,))``.
-            x_T: (N, C, H, W) initial noise.
-            y: measurement (shape of the operator's output) or None for the ``none`` solver.
-            solver: a ``solvers.Solver``.
-            generators: N CPU torch.Generator, sample n's per-step noise drawn from generators[n].
-            callback: called as ``callback(i, t, x0_hat, residual)`` after every step.
-            progress: show a tqdm bar with the step and the mean data-fit residual.
-        Returns: :class:`SampleResult`; a sample that becomes NaN / inf is frozen at zeros and
-        its step count recorded. Raises ValueError when len(generators) != N.
-        """
-        n = x_T.shape[0]
-        if len(generators) != n:
-            raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {n}")
-        needs_grad = bool(getattr(solver, "needs_grad", False))
-        uses_weight = bool(getattr(solver, "uses_score_weight", False))
-        diverged: list = [None] * n
-        alive = torch.ones(n, dtype=torch.bool, device=x_T.device)
-        x = x_T.detach().float()
-        steps = list(range(self.num_timesteps))[::-1]
-        bar = tqdm(steps, desc=desc or "sampling", disable=not progress, leave=False, dynamic_ncols=True)
-        ctx = nullcontext() if needs_grad else torch.inference_mode()
-        with ctx:
-            for i, t in enumerate(bar):
-                t_batch = torch.full((n,), t, device=x.device, dtype=torch.long)
-                noise = randn(x.shape[1:], generators, device=x.device) if t > 0 else torch.zeros_like(x)
-                kw = {"score_weight": self.score_weight(t_batch)} if uses_weight else {}
-                if needs_grad:
-                    x_in = x.detach().requires_grad_(True)
-                    out = self.p_mean_variance(model, x_in, t_batch)
-                    x_prop = self.proposal({k: v.detach() for k, v in out.items()}, x_in.detach(), t_batch, noise)
-                    x_next, residual = solver(x_in, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch), **kw)
-                    x0_hat = out["pred_xstart"].detach()
-                else:
-                    out = self.p_mean_variance(model, x, t_batch)
-                    x_prop = self.proposal(out, x, t_batch, noise)
-                    x_next, residual = solver(x, x_prop, out["pred_xstart"], y, t, self.alpha_bar(t_batch), **kw)
-                    x0_hat = out["pred_xstart"]
-                x = x_next.detach()
-                finite = torch.isfinite(x.reshape(n, -1)).all(dim=1)
-                newly = alive & ~finite
-                for k in torch.nonzero(newly).flatten().tolist():
-                    diverged[k] = i
-                    log.warning("sample %d of the batch diverged (NaN/inf) at step %d (t=%d); it is stopped", k, i, t)
-                alive &= finite
-                if not bool(alive.all()):
-                    x = torch.where(alive.reshape(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
-                residual = residual.detach()
-                if progress:
-                    live = residual[alive]
-                    bar.set_postfix(t=t, residual=f"{live.mean().item():.4g}" if live.numel() else "nan")
-                if callback is not None:
-                    callback(i, t, x0_hat.detach(), residual)
-        bar.close()
-        return SampleResult(x0=x, diverged_at=diverged, nfe=self.num_timesteps)
 
 
 class DDPMSampler(GaussianDiffusion):
     """Ancestral sampling: x' = μ_θ(x_t, t) + σ_t z, z ~ N(0, I), no noise at t = 0 (Ho et al. 2020, Alg. 2)."""
 
+    #: DDPM's ancestral step reported as DDIM's η (exact for ``fixedsmall``; see ``proposal_std``).
+    eta = 1.0
+
     def proposal(self, out, x, t, noise):  # noqa: D102
         return out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise
+
+    def proposal_std(self, out, t):  # noqa: D102
+        return torch.exp(0.5 * out["log_variance"])
 
     def score_weights(self) -> np.ndarray:
         """w_t = β_t / √α_t (α_t = 1 − β_t of the respaced process): the posterior-mean
@@ -325,6 +255,12 @@ class DDIMSampler(GaussianDiffusion):
         a, a_prev = self.alphas_cumprod, self.alphas_cumprod_prev
         sigma2 = self.eta ** 2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
         return np.sqrt(a_prev) * (1 - a) / np.sqrt(a) - np.sqrt(np.clip(1 - a_prev - sigma2, 0, None) * (1 - a))
+
+    def proposal_std(self, out, t):  # noqa: D102
+        nd = out["pred_xstart"].dim()
+        a = _extract(self.alphas_cumprod, t, nd)
+        a_prev = _extract(self.alphas_cumprod_prev, t, nd)
+        return self.eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
 
     def proposal(self, out, x, t, noise):  # noqa: D102
         nd = x.dim()

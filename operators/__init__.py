@@ -1,5 +1,6 @@
 """Linear measurement operators y = A x (blur, super-resolution, inpainting, identity, dense) and
-measurement noise models, chosen by name from configs through two small registries.
+measurement noise models, chosen by name from configs through two small registries, and the
+``Physics`` object that owns an operator, its noise, draws, measurement, solves and SVD view.
 
 Example:
     >>> from operators import get_operator, get_noise
@@ -9,6 +10,7 @@ Example:
 from .base import (LinearOperator, get_noise, get_operator, list_noises, list_operators, register_noise,
                    register_operator)
 from . import blur, dense, inpainting, noise, super_resolution  # noqa: F401  (register the operators)
+from .physics import Physics
 
-__all__ = ["LinearOperator", "register_operator", "get_operator", "list_operators",
+__all__ = ["LinearOperator", "Physics", "register_operator", "get_operator", "list_operators",
            "register_noise", "get_noise", "list_noises"]

@@ -216,6 +216,9 @@ class LinearOperator:
 
     name: str = "linear"
     is_random: bool = False
+    #: A = diag(m) with a 0/1 pixel mask m that has missing pixels (inpainting): a capability that
+    #: CoDPS+'s paper variant (``use_A_AT: false``) asks for.
+    is_pixel_mask: bool = False
     #: key under which a random operator stores its drawn array in :meth:`state_dict`.
     _state_key: str = ""
 
@@ -318,7 +321,15 @@ class LinearOperator:
     def params(self, i: int) -> np.ndarray | None:
         """The kernel (k, k) or mask (H, W) used for image ``i`` of the current batch (float64
         numpy array), or None for operators without one. Random operators raise RuntimeError
-        before ``draw`` and IndexError for ``i`` outside the batch."""
+        before ``draw`` and IndexError for ``i`` outside the batch.
+
+        Kernel convention (also of the saved ``params/<image>.npy`` and of :meth:`state_dict`):
+        the blur operators **convolve**, y[p] = Σ_i k[i] x[p − (i − c)] with c the kernel
+        centre, so the impulse response is k itself. The paper's code (and DPS's) applies its
+        kernels with ``F.conv2d``, which **correlates**: a kernel taken from (or given to) that
+        code must be rotated by 180° (``k[::-1, ::-1]``) to describe the same blur. The
+        built-in Gaussian kernels are symmetric, so only motion-blur and external kernels
+        differ."""
         if not self.is_random:
             return None
         if self._drawn is None:
@@ -330,7 +341,9 @@ class LinearOperator:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The drawn random parts as plain CPU tensors: ``{<key>: (N, ...) float64, "x_shape":
         (4,) int64}`` (key "kernels" or "masks"); ``{}`` for deterministic operators.
-        Raises RuntimeError for a random operator before ``draw``."""
+        Kernels are stored for convolution (see :meth:`params`: rotate by 180° for code that
+        applies them with ``F.conv2d``). Raises RuntimeError for a random operator before
+        ``draw``."""
         if not self.is_random:
             return {}
         if self._drawn is None:
@@ -339,7 +352,10 @@ class LinearOperator:
                 "x_shape": torch.tensor(self._x_shape, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (tensors or numpy arrays).
+        """Restore what :meth:`state_dict` returned (tensors or numpy arrays). Kernels are
+        read as convolution kernels (see :meth:`params`): a kernel exported from the paper's
+        or DPS's code, which correlate with ``F.conv2d``, must be rotated by 180°
+        (``k[::-1, ::-1]``) first.
 
         Raises:
             ValueError: unexpected/missing keys or shapes inconsistent with this operator.
@@ -365,6 +381,16 @@ class LinearOperator:
 
     def display(self, y: torch.Tensor) -> torch.Tensor:
         """The measurement shown as an image of the input size (N, C, H, W); default: y itself."""
+        return y
+
+    def spectral_view(self, x_shape: tuple[int, int, int, int]) -> Any:
+        """This operator's own SVD view (``operators.spectral.SpectralView``) for images of
+        ``x_shape``, or None (then ``Physics`` falls back to a dense SVD for small images)."""
+        return None
+
+    def project_measurement(self, y: torch.Tensor) -> torch.Tensor:
+        """y restricted to what A can produce, applied by ``Physics.measure`` after the noise
+        (inpainting: zeros at missing pixels); default: y unchanged."""
         return y
 
     def __repr__(self) -> str:

@@ -91,8 +91,11 @@ class ConvolutionOperator(LinearOperator):
         (sigma2 I + r2 A A^T)^{-1} v = F^{-1}(F v / (sigma2 + r2 |K|^2)),
 
     which makes ``cov_solve`` exact. This is true convolution, y[p] = sum_i k[i] x[p − (i − origin)]
-    (the impulse response is k itself, centred on the impulse); ``F.conv2d``, which DPS uses,
-    correlates, i.e. applies k rotated by 180° (the same for symmetric kernels). Spectra are built
+    (the impulse response is k itself, centred on the impulse); ``F.conv2d``, which DPS and the
+    paper's code use, correlates, i.e. applies k rotated by 180° (the same for symmetric
+    kernels): rotate a kernel by 180° (``k[::-1, ::-1]``) when moving it between the two
+    (see :meth:`LinearOperator.params`; saved ``params/*.npy`` and ``state_dict`` kernels
+    follow our convolution convention). Spectra are built
     once per (H, W, dtype, device) (and per draw for random kernels) and cached. Subclasses
     supply :meth:`_kernels` and :meth:`_kernel_hw`.
     """
@@ -140,6 +143,14 @@ class ConvolutionOperator(LinearOperator):
         self.validate_shape(tuple(y.shape))
         spec, _ = self._spectrum(y)
         return circular_filter(y.to(compute_dtype(y)), spec.conj()).to(y.dtype)
+
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.CircularBlurView` (V = 2-D Hartley basis, Σ = |K̂|)."""
+        from .spectral import CircularBlurView
+        self.validate_shape(tuple(x_shape))
+        ks = self._kernels()
+        return CircularBlurView(kernel_spectrum(ks, x_shape[2], x_shape[3], self._origin(ks), torch.float64,
+                                                torch.device("cpu"), full=True), x_shape)
 
     def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
         """(sigma2 I + r2 A A^T)^{-1} v = F^{-1}(F v / (sigma2 + r2 |K|^2)); v: (N, C, H, W);
@@ -223,118 +234,134 @@ class GaussianBlur(ConvolutionOperator):
 # Motion blur
 # --------------------------------------------------------------------------------------------
 
-#: Constants of Boracchi & Foi's trajectory generator (``createTrajectory.m``): number of
-#: samples and total path length in pixels of the canonical trajectory (on their 64x64 canvas).
-BF_NUM_STEPS = 2000
-BF_TOTAL_LENGTH = 60.0
+#: Constants of the ``motionblur`` package (L. Borodenko, github.com/LeviBorodenko/motionblur),
+#: the generator of DPS's (Chung et al. 2023) and the paper's motion-blur kernels: the path is
+#: drawn on a canvas MB_SUPERSAMPLE times the kernel size, its maximal length is
+#: MB_PATH_FRACTION x the canvas diagonal x (U(0, 1) + U(0, intensity²)), its step lengths are
+#: Beta(MB_STEP_BETA) x (1 − intensity + MB_EPS) x diagonal, the sign-flip probability of its
+#: step angles is Beta(MB_JITTER_BETA), the line is diagonal / MB_LINE_DIV pixels wide and
+#: blurred with a Gaussian of radius diagonal x MB_BLUR_FRACTION (both rounded down).
+MB_SUPERSAMPLE = 2
+MB_PATH_FRACTION = 0.75
+MB_STEP_BETA = (1.0, 30.0)
+MB_JITTER_BETA = (2.0, 20.0)
+MB_EPS = 0.1
+MB_LINE_DIV = 150.0
+MB_BLUR_FRACTION = 0.01
 
 
-def motion_trajectory(rng: np.random.Generator, anxiety: float, num_steps: int = BF_NUM_STEPS,
-                      total_length: float = BF_TOTAL_LENGTH) -> np.ndarray:
-    """Random camera-shake trajectory, following Boracchi & Foi, "Modeling the performance of
-    image restoration from motion blur", IEEE TIP 2012 (their ``createTrajectory``): a particle
-    moving at constant speed whose velocity v gets, at each of ``num_steps`` samples, a Gaussian
-    kick, a pull back towards the start (centripetal term) and, rarely, an abrupt "big shake"
-    that roughly reverses it:
+def motion_path(rng: np.random.Generator, kernel_size: int, intensity: float) -> np.ndarray:
+    """Random camera-shake path with the distribution of the ``motionblur`` package's
+    ``Kernel._createPath`` (our own implementation, drawing from ``rng``). On a canvas of side
+    S = 2 · kernel_size with diagonal D = √2 S:
 
-        dv = shake + anxiety · (g · (n1 + i n2) − c · x_t) · L/(T−1),
-        v ← (v + dv) / |v + dv| · L/(T−1),   x_{t+1} = x_t + v,
-
-    with c ~ 0.7 U, g ~ 10 U, P(shake) = 0.2 U · anxiety, shake = 2 v e^{i(π + U − 0.5)}.
+    1. a maximal length L = 0.75 · D · (U(0, 1) + U(0, intensity²));
+    2. step lengths r_j = Beta(1, 30) · (1 − intensity + 0.1) · D, a draw kept only if < L,
+       until Σ r_j ≥ L (so the path length is random: about 0.37 D on average at intensity
+       0.5, and the path is **not** rescaled to span the kernel);
+    3. a maximal angle Θ ~ U(0, intensity · π), a sign-flip probability p ~ Beta(2, 20), a first
+       step angle θ_1 ~ U(−Θ, Θ), then |θ_j| ~ Triangular(0, intensity · Θ, Θ + 0.1), the sign
+       of θ_{j−1} kept with probability 1 − p and flipped with probability p;
+    4. vertices z_j = Σ_{i ≤ j} r_i e^{i θ_i}, shifted so that their mean is 0, rotated by
+       e^{i φ}, φ ~ U(0, π), and shifted to the canvas centre (S + iS)/2.
 
     Args:
         rng: the only source of randomness.
-        anxiety: irregularity >= 0 (0: a straight line; B&F draw it in [0, 0.1]).
-        num_steps: T, number of samples.
-        total_length: L, path length in pixels.
+        kernel_size: odd int >= 1 (k; the canvas is 2k x 2k).
+        intensity: in [0, 1]; 0 gives a straight segment, 1 long curved paths.
 
     Returns:
-        (T,) complex128 positions (real = column, imag = row), starting at 0.
+        (J,) complex128 vertices on the 2k x 2k canvas (real = column, imag = row, in pixels),
+        J >= 2 (J = 1 only in the probability-zero case L = 0).
     """
-    centripetal = 0.7 * rng.random()
-    gaussian_term = 10.0 * rng.random()
-    freq_big_shakes = 0.2 * rng.random()
-    angle = 2.0 * math.pi * rng.random()
-    shake_u = rng.random(num_steps - 1)
-    shake_angle = rng.random(num_steps - 1)
-    kicks = rng.standard_normal((num_steps - 1, 2))
-    step = total_length / (num_steps - 1)
-    v = complex(math.cos(angle), math.sin(angle)) * step
-    pos = np.zeros(num_steps, dtype=np.complex128)
-    x = 0j
-    for t in range(num_steps - 1):
-        shake = 2.0 * v * complex(np.exp(1j * (math.pi + shake_angle[t] - 0.5))) \
-            if shake_u[t] < freq_big_shakes * anxiety else 0j
-        dv = shake + anxiety * (gaussian_term * complex(kicks[t, 0], kicks[t, 1]) - centripetal * x) * step
-        nv = v + dv
-        if abs(nv) > 0:            # a zero velocity (probability 0) keeps the previous direction
-            v = nv / abs(nv) * step
-        x = x + v
-        pos[t + 1] = x
-    return pos
+    size = MB_SUPERSAMPLE * kernel_size
+    diag = math.hypot(size, size)
+    max_len = MB_PATH_FRACTION * diag * (rng.uniform() + rng.uniform(0.0, intensity ** 2))
+    step_scale = (1.0 - intensity + MB_EPS) * diag
+    chunks, total = [], 0.0
+    while total < max_len:                        # vectorised form of "draw, keep if < L, repeat"
+        draw = rng.beta(*MB_STEP_BETA, size=256) * step_scale
+        draw = draw[draw < max_len]
+        cum = total + np.cumsum(draw)
+        stop = int(np.searchsorted(cum, max_len))  # first index with a running sum >= L
+        chunks.append(draw[: stop + 1])
+        total = float(cum[min(stop, len(cum) - 1)]) if len(cum) else total
+    steps = np.concatenate(chunks) if chunks else np.zeros(1)
+    n = len(steps)
+    max_angle = rng.uniform(0.0, intensity * math.pi)
+    jitter = rng.beta(*MB_JITTER_BETA)
+    first = rng.uniform(-max_angle, max_angle)
+    magnitudes = rng.triangular(0.0, intensity * max_angle, max_angle + MB_EPS, size=n - 1)
+    flips = rng.uniform(size=n - 1) < jitter
+    signs = np.sign(first) * np.cumprod(np.where(flips, -1.0, 1.0))
+    angles = np.concatenate([[first], signs * magnitudes])
+    path = np.cumsum(steps * np.exp(1j * angles))
+    path = (path - path.mean()) * np.exp(1j * rng.uniform(0.0, math.pi))
+    return path + (size + 1j * size) / 2
 
 
-def rasterize_trajectory(pos: np.ndarray, kernel_size: int) -> np.ndarray:
-    """Kernel of a trajectory: equal exposure time per sample, each sample spread over its four
-    neighbouring pixels by bilinear (sub-pixel) interpolation, as in B&F's ``createPSFs``.
-
-    The trajectory is scaled so that its bounding box spans the kernel (its larger side is
-    kernel_size − 1 pixels, as the ``motionblur`` package fits its path to the kernel) and that
-    box is centred on the kernel centre; so the blur extent is set by kernel_size and the
-    trajectory's irregularity only changes its shape.
+def rasterize_path(path: np.ndarray, kernel_size: int) -> np.ndarray | None:
+    """Kernel of a :func:`motion_path`, rasterised as the ``motionblur`` package does with
+    Pillow: the polyline through the vertices drawn in white on a black 2k x 2k 8-bit canvas,
+    max(1, ⌊D/150⌋) pixels wide (D = the canvas diagonal; the package asks for ⌊D/150⌋, which
+    is 0 below k = 54 and drew a one-pixel line in the Pillow of its time but draws nothing in
+    current Pillow), a Gaussian blur of radius ⌊0.01 D⌋, a Lanczos resize to k x k, normalised
+    to sum 1. The path is used as it is: it is **not** rescaled to span the kernel (its length
+    is random, see :func:`motion_path`), and parts that leave the canvas are cut off.
 
     Args:
-        pos: (T,) complex positions (real = column, imag = row).
-        kernel_size: odd int >= 1.
+        path: (J,) complex vertices on the 2k x 2k canvas (real = column, imag = row).
+        kernel_size: odd int k >= 1.
 
     Returns:
-        (kernel_size, kernel_size) float64, non-negative, sum 1.
+        (k, k) float64, non-negative, sum 1 (entry [row, col]); None if nothing of the path
+        landed on the canvas (the caller draws again).
     """
-    k = kernel_size
-    if k == 1:
-        return np.ones((1, 1))
-    pts = np.stack([pos.imag, pos.real], axis=1)                       # (T, 2): rows, cols
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    extent = float((hi - lo).max())
-    if extent > 0:
-        pts = (pts - (lo + hi) / 2) * ((k - 1) / extent)
-    pts = np.clip(pts + (k - 1) / 2, 0.0, k - 1.0)
-    base = np.minimum(np.floor(pts).astype(np.int64), k - 2)
-    frac = pts - base
-    kern = np.zeros((k, k), dtype=np.float64)
-    for dr in (0, 1):
-        for dc in (0, 1):
-            wgt = (frac[:, 0] if dr else 1 - frac[:, 0]) * (frac[:, 1] if dc else 1 - frac[:, 1])
-            np.add.at(kern, (base[:, 0] + dr, base[:, 1] + dc), wgt)
-    kern = np.maximum(kern, 0.0)
-    return kern / kern.sum()
-
-
-#: anxiety of :func:`motion_trajectory` at intensity 1 (intensity 0.5 gives 0.005, the default of
-#: common Python ports of B&F; B&F's own default, 0.1 · U, mostly gives tight loops).
-MAX_ANXIETY = 0.01
+    from PIL import Image, ImageDraw, ImageFilter   # Pillow: a runtime requirement (image I/O)
+    size = MB_SUPERSAMPLE * kernel_size
+    diag = math.hypot(size, size)
+    canvas = Image.new("L", (size, size), 0)
+    points = [(float(z.real), float(z.imag)) for z in path]
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, int(diag / MB_LINE_DIV))
+    if len(points) > 1:
+        draw.line(points, fill=255, width=width)
+    else:
+        draw.point(points, fill=255)
+    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=int(diag * MB_BLUR_FRACTION)))
+    canvas = canvas.resize((kernel_size, kernel_size), resample=Image.Resampling.LANCZOS)
+    kern = np.asarray(canvas, dtype=np.float64)
+    total = kern.sum()
+    return kern / total if total > 0 else None
 
 
 def motion_kernel(rng: np.random.Generator, kernel_size: int, intensity: float) -> np.ndarray:
-    """One random camera-shake kernel (our own generator in the spirit of Boracchi & Foi 2012
-    and the ``motionblur`` package used by DPS): :func:`motion_trajectory` with
-    anxiety = :data:`MAX_ANXIETY` · intensity, rasterised by :func:`rasterize_trajectory`.
+    """One random camera-shake kernel with the distribution of the ``motionblur`` package's
+    ``Kernel(size=(k, k), intensity).kernelMatrix``, the generator of DPS and the paper:
+    :func:`motion_path` rasterised by :func:`rasterize_path`. At k = 61, intensity 0.5 the RMS
+    radius about the kernel's centroid is about 10 ± 5 px (not the kernel's half-width: the
+    path length is random). Drawn again (from the same ``rng``) in the rare case that nothing
+    lands on the canvas.
 
     Args:
         rng: the only source of randomness.
         kernel_size: odd int >= 1.
-        intensity: irregularity in [0, 1]; 0 gives a straight line across the kernel in a random
-            direction, larger values more curved, looping, shaky paths.
+        intensity: in [0, 1]; 0 gives a straight segment of random length and direction,
+            larger values longer, more curved paths.
 
     Returns:
-        (kernel_size, kernel_size) float64, non-negative, sum 1.
+        (kernel_size, kernel_size) float64, non-negative, sum 1, entry [row, col]. The
+        operator convolves with it (see :class:`ConvolutionOperator`).
 
     Raises:
         ValueError: bad kernel_size or intensity outside [0, 1].
     """
     k = validate_kernel_size(kernel_size)
     intensity = real_number(intensity, "intensity", "motion_blur", low=0.0, high=1.0)
-    return rasterize_trajectory(motion_trajectory(rng, anxiety=MAX_ANXIETY * intensity), k)
+    while True:
+        kern = rasterize_path(motion_path(rng, k, intensity), k)
+        if kern is not None:
+            return kern
 
 
 @register_operator("motion_blur")

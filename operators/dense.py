@@ -180,6 +180,12 @@ class Dense(LinearOperator):
         inv = torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
         return (((flat @ q) * inv) @ q.T).reshape(v.shape)
 
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.DenseView` of the matrix (one SVD, float64)."""
+        from .spectral import DenseView, numpy_matrix
+        self._bind(tuple(x_shape[1:]))
+        return DenseView(numpy_matrix(self.matrix), x_shape, self.y_shape(x_shape))
+
     def display(self, y: torch.Tensor) -> torch.Tensor:
         """The minimum-norm back-projection A⁺ y = Aᵀ (A Aᵀ)⁺ y, shaped as the input (N, C, H, W)."""
         return self.adjoint(self.cov_solve(y, 1.0, 0.0))

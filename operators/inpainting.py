@@ -90,6 +90,7 @@ class Inpainting(LinearOperator):
     """
 
     is_random = True
+    is_pixel_mask = True
     _state_key = "masks"
 
     def __init__(self, mask_type: str = "random", mask_prob_range: Sequence[float] = (0.7, 0.8),
@@ -157,6 +158,19 @@ class Inpainting(LinearOperator):
         """A^T y = m ⊙ y; (N, C, H, W)."""
         self._check_batch(y)
         return y * self._mask(y)
+
+    def project_measurement(self, y: torch.Tensor) -> torch.Tensor:
+        """m ⊙ y: zeros at missing pixels (the noise there is not part of the measurement)."""
+        self._check_batch(y)
+        return y * self._mask(y)
+
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.DiagonalView` with U = V = I, Σ = the mask (N, 1, H, W);
+        y stays in the full image geometry."""
+        from .spectral import DiagonalView
+        if self._drawn is None:
+            raise RuntimeError("inpainting: call draw(rngs, x_shape) before asking for its spectral view")
+        return DiagonalView(self._mask, x_shape)
 
     def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
         """v / (sigma2 + r2 m) element-wise (0 where the denominator is 0); v: (N, C, H, W);

@@ -45,6 +45,11 @@ class Identity(LinearOperator):
         self._check_batch(y)
         return y.clone()
 
+    def spectral_view(self, x_shape: tuple[int, int, int, int]):
+        """:class:`operators.spectral.DiagonalView` with U = V = I, Σ = 1."""
+        from .spectral import DiagonalView
+        return DiagonalView(lambda like: torch.ones(1, 1, 1, 1, dtype=like.dtype, device=like.device), x_shape)
+
     def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
         """v / (sigma2 + r2); v: (N, C, H, W); r2, sigma2: floats or (N,) tensors."""
         self._check_batch(v)

@@ -2,7 +2,7 @@
 ``CoDPS`` (DDPM) and ``CoDPS+`` / ``codps_plus`` (DDIM) from "Gaussian is All You Need",
 ``DPS`` / ``ps`` (Chung et al. 2023), ``PiGDM`` / ``pgdm`` (Song et al. 2023), and ``none`` /
 ``vanilla`` (unconditional sampling)."""
-from solvers.base import Param, Solver, get_solver, list_solvers, register_solver
+from solvers.base import Param, Solver, get_solver, list_methods, list_solvers, register_solver
 from solvers import codps, dps, pigdm  # noqa: F401  (registers the solvers)
 
-__all__ = ["Param", "Solver", "get_solver", "list_solvers", "register_solver"]
+__all__ = ["Param", "Solver", "get_solver", "list_methods", "list_solvers", "register_solver"]

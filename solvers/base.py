@@ -1,8 +1,9 @@
-"""The solver registry and the ``Solver`` base class: a solver is the data-consistency step that
-turns the sampler's unconditional proposal x'_{t-1} into a measurement-consistent x_{t-1}.
+"""The method registry and the ``Solver`` base class: a posterior-sampling method ("solver")
+turns the sampler's step record (x_t, x0_hat, ε̂, the unconditional proposal x'_{t-1}, ...) and
+the measurement into x_{t-1}.
 
-Solvers are chosen by name (``get_solver("CoDPS+", operator, noiser, scale=0.05, ...)``); a new
-method is one ``@register_solver(...)`` class. Names match case-insensitively.
+Methods are chosen by name (``get_solver("CoDPS+", scale=0.05, ...)``); a new method is one
+``@register_solver(...)`` class with a ``step(step, y, physics)``. Names match case-insensitively.
 """
 from __future__ import annotations
 
@@ -54,28 +55,24 @@ def list_solvers() -> list[str]:
     return sorted(_REGISTRY, key=str.lower)
 
 
-def get_solver(name: str, operator: Any, noiser: Any, **params: Any) -> "Solver":
-    """Build the solver registered as ``name``.
+def get_solver(name: str, **params: Any) -> "Solver":
+    """Build the method registered as ``name``.
 
     Args:
         name: a registered name (case-insensitive), see :func:`list_solvers`.
-        operator: the measurement operator (``forward``, ``adjoint``, ``cov_solve``, ``name``);
-            may be ``None`` only for ``none``/``vanilla``.
-        noiser: the noise model with attribute ``sigma`` (std on the [-1, 1] scale); may be
-            ``None`` for solvers that do not use it (``none``, ``DPS``).
-        **params: the solver's parameters (e.g. ``scale``, ``t_div``, ``div_ratio``,
-            ``inv_var``, ``use_A_AT``); each solver lists its own in ``Solver.params``.
+        **params: the method's parameters (e.g. ``scale``, ``t_div``, ``div_ratio``,
+            ``inv_var``, ``use_A_AT``); each method lists its own in ``Solver.params``.
 
     Returns:
-        The solver instance.
+        The method instance; the measurement (``operators.Physics``) is given to each step.
 
     Raises:
         ValueError: unknown name (message lists the valid names), unknown parameter (message
-            names it and lists the solver's valid parameters), or a parameter of the wrong type
+            names it and lists the method's valid parameters), or a parameter of the wrong type
             or value.
 
     Example:
-        >>> get_solver("nope", None, None)  # doctest: +ELLIPSIS
+        >>> get_solver("nope")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: unknown solver 'nope'; valid solvers: ...
@@ -89,7 +86,16 @@ def get_solver(name: str, operator: Any, noiser: Any, **params: Any) -> "Solver"
         cls = None
     if cls is None:
         raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(list_solvers())}")
-    return cls(operator, noiser, **params)
+    return cls(**params)
+
+
+def list_methods() -> list[type["Solver"]]:
+    """The registered method classes, each once (aliases collapsed), in registration order."""
+    seen: list[type["Solver"]] = []
+    for cls in _REGISTRY.values():
+        if cls not in seen:
+            seen.append(cls)
+    return seen
 
 
 @dataclass(frozen=True)
@@ -140,86 +146,67 @@ class Param:
 
 
 class Solver:
-    """Base class of data-consistency steps.
+    """Base class of posterior-sampling methods ("solvers"). One method is one registered class
+    with a ``step``; the loop (:func:`sampling.sample`) calls, once per reverse step,
 
-    A solver is called once per respaced reverse step, after the sampler has proposed the
-    unconditional x'_{t-1}:
+        ``x_prev = method.step(step, y, physics)``
 
-        ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)``
+    Args (of ``step``):
+        step: a :class:`sampling.Step` — x_t, t, t_prev, ᾱ_t, ᾱ_{t-1}, ε̂, x0_hat, the sampler's
+            unconditional proposal x'_{t-1}, its noise z and σ_t, η, the lazy likelihood weight
+            ``step.weight`` and ``step.denoise(x, t)`` for extra network calls (see
+            docs/framework.md for shapes and ranges).
+        y: the measurement (``physics.measure``), or None for unconditional sampling.
+        physics: an :class:`operators.Physics` (A, Aᵀ, σ_n, ``cov_solve``, ``spectral``).
 
-    Args (of ``__call__``):
-        x_t: (N, C, H, W) current sample x_t. For ``needs_grad`` solvers it has
-            ``requires_grad=True``.
-        x_prev: (N, C, H, W) the sampler's unconditional proposal x'_{t-1} (before correction).
-        x0_hat: (N, C, H, W) Tweedie estimate E[x_0 | x_t], roughly in [-1, 1]; for
-            ``needs_grad`` solvers a differentiable function of ``x_t``. Half precision is
-            accepted and cast to float32.
-        y: measurement, shape of ``operator.forward(x)`` (e.g. (N, C, h, w)).
-        t: int, respaced step index counting down to 0 (shared by the batch).
-        alpha_bar: (N,) float tensor, ᾱ_t of the respaced process at this step, in (0, 1).
-        score_weight: only passed (as a keyword) to solvers whose ``uses_score_weight`` is
-            True: (N,) float tensor, the sampler's weight w_t such that adding
-            w_t · ∇_{x_t} log p(y | x_t) to its proposal gives the proposal of the conditional
-            score ∇ log p_t(x_t) + ∇ log p(y | x_t) (see ``GaussianDiffusion.score_weight``).
-
-    Returns (of ``__call__``):
-        x_next: (N, C, H, W) corrected x_{t-1}, detached, dtype of ``x_prev``.
-        residual: (N,) per-sample ||y - A x0_hat||_2 (detached; for progress display).
+    Returns (of ``step``): x_{t-1}, (N, C, H, W), dtype of ``step.proposal``; the loop detaches it.
+    A method that computes ||y − A x0_hat|| anyway may store it in ``step.residual`` (N,).
 
     Class attributes:
-        needs_grad: True when the step differentiates through the network (the sampler must
-            then pass ``x_t`` with ``requires_grad=True`` and keep the graph to ``x0_hat``).
+        needs_grad: True when the step differentiates through the network (the loop then builds
+            x_t with ``requires_grad=True`` and keeps the graph to x0_hat / ε̂); the others run
+            under ``torch.inference_mode()``.
         params: ``{name: Param}``, the only keyword parameters the constructor accepts.
         names: the registered names (set by :func:`register_solver`).
-        uses_score_weight: True when the step needs the sampler's ``score_weight`` keyword
-            (may be set per instance, e.g. by ``scale: auto``); the sampler passes it only then,
-            so solvers with the plain six-argument call keep working.
 
-    Computation is float64 when ``x_prev`` is float64, else float32 (FFT maths stays fp32).
+    Computation is float64 when the proposal is float64, else float32 (FFT maths stays fp32).
     """
 
     needs_grad: ClassVar[bool] = False
-    uses_score_weight: bool = False
     params: ClassVar[dict[str, Param]] = {}
     names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, operator: Any, noiser: Any, **params: Any) -> None:
-        """Store ``operator`` and ``noiser`` and set each entry of ``params`` (or its default)
-        as an attribute.
+    def __init__(self, **params: Any) -> None:
+        """Set each entry of ``params`` (or its default) as an attribute.
 
         Raises:
             ValueError: a parameter not in ``type(self).params`` (message names it and lists
                 the valid ones), or an invalid value (see :meth:`Param.parse`).
         """
-        owner = self.names[0] if self.names else type(self).__name__
+        owner = self.name
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             valid = ", ".join(sorted(self.params)) or "none (this solver takes no parameters)"
             raise ValueError(f"solver {owner!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
                              f"valid parameters: {valid}")
-        self.operator = operator
-        self.noiser = noiser
         for name, spec in self.params.items():
             setattr(self, name, spec.parse(owner, name, params.get(name, spec.default)))
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One data-consistency step; see the class docstring for shapes."""
+    @property
+    def name(self) -> str:
+        """The first registered name (or the class name)."""
+        return self.names[0] if self.names else type(self).__name__
+
+    def check(self, physics: Any) -> None:
+        """Raise ValueError (one line) if this method cannot run with ``physics`` (e.g. it needs
+        a spectral view the operator lacks). Called by the builder and at the start of the
+        loop. Default: a physics is required."""
+        if physics is None:
+            raise ValueError(f"solver {self.name!r} needs a measurement (physics); only 'none' runs without")
+
+    def step(self, step: Any, y: torch.Tensor | None, physics: Any) -> torch.Tensor:
+        """One corrected reverse step; see the class docstring."""
         raise NotImplementedError
-
-    def residual(self, y: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
-        """(N,) per-sample ||y - A x0_hat||_2, detached, in the compute dtype.
-
-        Raises:
-            ValueError: the solver has no operator.
-        """
-        if self.operator is None:
-            raise ValueError(f"solver {self.names[0]!r} has no operator to compute the residual")
-        with torch.no_grad():
-            dtype = compute_dtype(x0_hat)
-            diff = y.to(dtype) - self.operator.forward(x0_hat.detach().to(dtype))
-            return diff.flatten(1).norm(dim=1).to(dtype)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.params)
@@ -236,89 +223,25 @@ def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def as_step(t: Any) -> int:
-    """The step index ``t`` as a python int.
-
-    Args:
-        t: int (or numpy integer, or a one-element integer tensor), >= 0.
-
-    Raises:
-        ValueError: not an integer, a tensor with more than one element, or negative.
-    """
-    if isinstance(t, torch.Tensor):
-        if t.numel() != 1 or t.is_floating_point():
-            raise ValueError(f"t must be one integer step index shared by the batch, got a tensor "
-                             f"of shape {tuple(t.shape)} and dtype {t.dtype}")
-        t = t.item()
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
-        raise ValueError(f"t must be an integer step index, got {t!r}")
-    if t < 0:
-        raise ValueError(f"t must be >= 0, got {t}")
-    return int(t)
-
-
-def as_alpha_bar(alpha_bar: Any, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """ᾱ_t as an (n,) tensor of ``dtype`` on ``device``.
-
-    Args:
-        alpha_bar: (n,) tensor, a 0-dim tensor or a python number (broadcast to n), values in
-            (0, 1) (not checked, to avoid a device sync per step).
-
-    Raises:
-        ValueError: a tensor whose shape is neither (n,) nor scalar.
-    """
-    return _per_sample_vector(alpha_bar, n, dtype, device, "alpha_bar")
-
-
-def _per_sample_vector(value: Any, n: int, dtype: torch.dtype, device: torch.device, name: str) -> torch.Tensor:
-    """``value`` (an (n,) tensor, a 0-dim tensor or a python number) as an (n,) tensor of
-    ``dtype`` on ``device``; a scalar is broadcast (expanded, no copy).
-
-    Raises:
-        ValueError: a tensor whose shape is neither (n,) nor scalar (names ``name``).
-    """
-    v = torch.as_tensor(value, dtype=dtype, device=device)
-    if v.dim() == 0:
-        return v.expand(n)
-    if v.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one value per sample), got {tuple(v.shape)}")
-    return v
-
-
-def as_score_weight(score_weight: Any, n: int, dtype: torch.dtype, device: torch.device, owner: str) -> torch.Tensor:
-    """The sampler's likelihood-score weight w_t as an (n,) tensor of ``dtype`` on ``device``.
-
-    Args:
-        score_weight: (n,) tensor, a 0-dim tensor or a python number, or None.
-        owner: the solver's name, for the error message.
-
-    Raises:
-        ValueError: None (the solver was called without the sampler's ``score_weight``), or a
-            tensor whose shape is neither (n,) nor scalar.
-    """
-    if score_weight is None:
-        raise ValueError(f"solver {owner!r} needs the sampler's score_weight (scale: auto / ΠGDM); call it "
-                         "through GaussianDiffusion.sample or pass score_weight=sampler.score_weight(t)")
-    return _per_sample_vector(score_weight, n, dtype, device, "score_weight")
+def check_sigma(physics: Any, owner: str) -> float:
+    """σ_n of ``physics`` as a float. Raises ValueError unless a physics with a finite real σ_n >= 0."""
+    sigma = getattr(getattr(physics, "noiser", None), "sigma", None) if physics is not None else None
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"solver {owner!r} needs a noise model with a real sigma >= 0, got {sigma!r}")
+    return float(sigma)
 
 
 @register_solver("none", "vanilla")
 class NoCorrection(Solver):
-    """No data consistency: x_{t-1} = x'_{t-1} (unconditional sampling).
-
-    ``operator``, ``noiser`` and ``y`` may be ``None``; the residual is then zeros, else
-    ||y - A x0_hat||_2 per sample. Takes no parameters.
-    """
+    """No data consistency: x_{t-1} = x'_{t-1}, the sampler's proposal (unconditional sampling).
+    ``physics`` and ``y`` may be None. Takes no parameters."""
 
     needs_grad = False
     params = {}
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor | None,
-                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x_prev detached, residual (N,)); see :class:`Solver` for shapes."""
-        if self.operator is None or y is None:
-            residual = torch.zeros(x_prev.shape[0], dtype=compute_dtype(x_prev), device=x_prev.device)
-        else:
-            residual = self.residual(y, x0_hat)
-        return x_prev.detach(), residual
+    def check(self, physics: Any) -> None:
+        """Accepts anything (None included)."""
+
+    def step(self, step: Any, y: torch.Tensor | None, physics: Any) -> torch.Tensor:
+        """Return ``step.proposal``."""
+        return step.proposal.detach()

@@ -26,8 +26,7 @@ respaced process):
         w_t = √ᾱ_{t-1} (1-ᾱ_t)/√ᾱ_t − √((1-ᾱ_{t-1}-σ_t²)(1-ᾱ_t))
         (= β_t/√α_t for η = 1, where σ_t² = β_t (1-ᾱ_{t-1})/(1-ᾱ_t); (1-ᾱ_0)/√ᾱ_0 at t = 0)
 
-The sampler computes w_t (``GaussianDiffusion.score_weight``) and passes it as the keyword
-``score_weight``. Under CoDPS's Gaussian model, log p(y | x_t) ≈ log N(y; A E[x_0|x_t], C) with
+The sampler computes w_t (``GaussianDiffusion.score_weight``); methods read it as ``step.weight``. Under CoDPS's Gaussian model, log p(y | x_t) ≈ log N(y; A E[x_0|x_t], C) with
 E[x_0|x_t] = x0_hat and ∂E[x_0|x_t]/∂x_t = J I, so G = J Aᵀ C⁻¹ (y − A x0_hat) = J g, which is
 exactly CoDPS+'s correction direction: with s = w_t the corrected proposal is the proposal of the
 conditional score. For a Gaussian prior N(m, λ⁻¹ I) with ``inv_var`` = λ this is exact (the
@@ -45,8 +44,7 @@ from typing import Any
 
 import torch
 
-from solvers.base import (Param, Solver, as_alpha_bar, as_score_weight, as_step, compute_dtype, per_sample,
-                          register_solver)
+from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
 
 #: CoDPS+ floors σ_n at this value so that C stays invertible for noiseless measurements
 #: (numerical guard of the reference code, not a tuning constant).
@@ -67,79 +65,49 @@ class _GaussianLikelihood(Solver):
 
     Parameters (keyword, paper code's names):
         scale (float >= 0 or "auto", default 1.0): step size s; "auto" uses the sampler's
-            weight w_t (module docstring), passed as ``score_weight``.
+            weight w_t (module docstring), ``step.weight``.
         t_div (float >= 0, default 0): for t < t_div the step size is s / div_ratio.
         div_ratio (float > 0, default 1.0): see t_div.
         inv_var (float >= 0, default 1.0): λ.
         use_A_AT (bool, default True): covariance C = σ_n² I + r² A Aᵀ through
-            ``operator.cov_solve``; False keeps the paper's simpler C = (σ_n² + r²) I.
+            ``physics.cov_solve``; False keeps the paper's simpler C = (σ_n² + r²) I.
 
     Raises:
-        ValueError: (construction) bad parameters; an operator without ``forward``/``adjoint``
-            (or ``cov_solve`` when ``use_A_AT``); a noiser without a real ``sigma >= 0``.
+        ValueError: (construction) bad parameters; (``check``) no physics or a noise model
+            without a real ``sigma >= 0``.
     """
 
     needs_grad = False
     params = _PARAMS
 
-    def __init__(self, operator: Any, noiser: Any, **params: Any) -> None:
-        super().__init__(operator, noiser, **params)
-        required = ("forward", "adjoint") + (("cov_solve",) if self.use_A_AT else ())
-        missing = [m for m in required if not callable(getattr(operator, m, None))]
-        if missing:
-            raise ValueError(f"solver {self.names[0]!r} needs an operator with {', '.join(missing)}; "
-                             f"got {type(operator).__name__}")
-        self.noise_sigma()  # validate now rather than at the first step
-        self.uses_score_weight = self.scale == "auto"
-
-    def noise_sigma(self) -> float:
-        """σ_n = ``noiser.sigma`` as a float (read at each step).
-
-        Raises:
-            ValueError: no noiser, no ``sigma``, or not a finite real >= 0.
-        """
-        sigma = getattr(self.noiser, "sigma", None)
-        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"solver {self.names[0]!r} needs a noiser with a real sigma >= 0, got {sigma!r}")
-        return float(sigma)
+    def check(self, physics: Any) -> None:
+        """Needs a physics whose noise model has a real σ_n >= 0."""
+        super().check(physics)
+        check_sigma(physics, self.name)
 
     def scale_at(self, t: int) -> float:
         """Step size at step t: ``scale / div_ratio`` if t < t_div, else ``scale`` (a number;
         ValueError for ``scale: auto``, see :meth:`step_weight`)."""
         if self.scale == "auto":
-            raise ValueError(f"solver {self.names[0]!r}: scale is 'auto'; the weight comes from the sampler")
+            raise ValueError(f"solver {self.name!r}: scale is 'auto'; the weight comes from the sampler")
         return self.scale / self.div_ratio if t < self.t_div else self.scale
 
-    def step_weight(self, t: int, score_weight: Any, like: torch.Tensor) -> float | torch.Tensor:
-        """The step size of step t: :meth:`scale_at` for a number, or the sampler's w_t as an
-        (N, 1, ..., 1) tensor broadcasting over ``like`` (N, ...) for ``scale: auto``.
-
-        Raises:
-            ValueError: ``scale: auto`` and no ``score_weight``.
-        """
+    def step_weight(self, step: Any, like: torch.Tensor) -> float | torch.Tensor:
+        """The step size of this step: :meth:`scale_at` for a number, or the sampler's w_t
+        (``step.weight``) as an (N, 1, ..., 1) tensor broadcasting over ``like`` for ``scale: auto``."""
         if self.scale != "auto":
-            return self.scale_at(t)
-        w = as_score_weight(score_weight, like.shape[0], like.dtype, like.device, self.names[0])
-        return per_sample(w, like)
+            return self.scale_at(step.t)
+        return per_sample(step.weight.to(device=like.device, dtype=like.dtype), like)
 
     def posterior_var(self, a: torch.Tensor) -> torch.Tensor:
         """r² = 1 / (ᾱ / (1 - ᾱ) + λ), same shape as ``a`` (ᾱ)."""
         return 1.0 / (a / (1.0 - a) + self.inv_var)
 
-    def cov_inverse(self, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
-        """C⁻¹ v in measurement space.
-
-        Args:
-            v: measurement-shaped (N, ...) tensor.
-            r2: (N,) r² per sample.
-            sigma2: σ_n².
-
-        Returns:
-            ``operator.cov_solve(v, r2, sigma2)`` = (σ_n² I + r² A Aᵀ)⁻¹ v if ``use_A_AT``,
-            else v / (σ_n² + r²).
-        """
+    def cov_inverse(self, physics: Any, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
+        """C⁻¹ v in measurement space: ``physics.cov_solve(v, r2, sigma2)`` = (σ_n² I + r² A Aᵀ)⁻¹ v
+        if ``use_A_AT``, else v / (σ_n² + r²). v: measurement-shaped (N, ...); r2: (N,)."""
         if self.use_A_AT:
-            return self.operator.cov_solve(v, r2, sigma2)
+            return physics.cov_solve(v, r2, sigma2)
         return v / per_sample(sigma2 + r2, v)
 
 
@@ -149,7 +117,7 @@ class CoDPS(_GaussianLikelihood):
     ``condition_methods.py``, method ``CoDPS``).
 
     With x' the sampler's proposal x'_{t-1}, ᾱ = ᾱ_t, s the step size (``scale``, divided by
-    ``div_ratio`` when t < t_div), σ_n = ``noiser.sigma`` and λ = ``inv_var``:
+    ``div_ratio`` when t < t_div), σ_n = ``physics.sigma_n`` and λ = ``inv_var``:
 
         r² = 1 / (ᾱ/(1-ᾱ) + λ)
         μ  = r² (√ᾱ/(1-ᾱ) · x' + λ · x0_hat)
@@ -160,41 +128,38 @@ class CoDPS(_GaussianLikelihood):
     With ``use_A_AT=False``, C = (σ_n² + r²) I for every operator, i.e.
     ℓ = ½ Σ (y - Aμ)² / (σ_n² + r²) (the ½ of the reference code, for inpainting as for the
     others); the update above is the exact gradient of that ℓ. σ_n is not floored: with
-    σ_n = 0 and ``use_A_AT`` the operator's ``cov_solve`` must cope with a singular A Aᵀ.
+    σ_n = 0 and ``use_A_AT`` the physics' ``cov_solve`` must cope with a singular A Aᵀ.
 
-    Call: ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)`` with shapes as
-    in :class:`solvers.base.Solver`; ``x_t`` is not used. Runs under ``torch.inference_mode()``
-    and builds no autograd graph.
+    Reads ``step.proposal``, ``step.x0_hat``, ``step.alpha_bar`` (and ``step.weight`` for
+    ``scale: auto``); runs under ``torch.inference_mode()`` and builds no autograd graph.
 
     Example:
         >>> import torch
-        >>> from operators import get_noise, get_operator
+        >>> from operators import Physics, get_noise, get_operator
+        >>> from sampling import make_step
         >>> from solvers import get_solver
-        >>> solver = get_solver("CoDPS", get_operator("noise"), get_noise("gaussian", sigma=0.05), scale=1.0)
+        >>> phys = Physics(get_operator("noise"), get_noise("gaussian", sigma=0.05))
         >>> x = torch.zeros(2, 3, 8, 8)
-        >>> x_next, residual = solver(x, x, x, torch.ones(2, 3, 8, 8), 10, torch.tensor([0.5, 0.9]))
-        >>> tuple(x_next.shape), tuple(residual.shape)
-        ((2, 3, 8, 8), (2,))
+        >>> step = make_step(x, x, x, 10, torch.tensor([0.5, 0.9]))
+        >>> get_solver("CoDPS", scale=1.0).step(step, torch.ones(2, 3, 8, 8), phys).shape
+        torch.Size([2, 3, 8, 8])
     """
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One CoDPS step; returns (x_{t-1} (N, C, H, W), residual (N,)). ``score_weight``
-        (N,): the sampler's w_t, needed (only) for ``scale: auto``."""
-        t = as_step(t)
+    def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
+        """One CoDPS step: x_{t-1} (N, C, H, W)."""
         with torch.no_grad():
+            x_prev = step.proposal
             dtype = compute_dtype(x_prev)
             xp = x_prev.detach().to(dtype)
-            x0 = x0_hat.detach().to(dtype)
-            a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
-            sigma2 = self.noise_sigma() ** 2
+            x0 = step.x0_hat.detach().to(dtype)
+            a = per_sample(step.alpha_bar.to(device=xp.device, dtype=dtype), xp)   # (N,1,1,1)
+            sigma2 = physics.sigma_n ** 2
             r2 = self.posterior_var(a)
             coef = a.sqrt() / (1.0 - a)
             mu = r2 * (coef * xp + self.inv_var * x0)
-            w = self.cov_inverse(y.detach().to(dtype) - self.operator.forward(mu), r2.flatten(), sigma2)
-            x_next = xp + self.step_weight(t, score_weight, xp) * r2 * coef * self.operator.adjoint(w).to(dtype)
-            return x_next.to(x_prev.dtype), self.residual(y, x0)
+            w = self.cov_inverse(physics, y.detach().to(dtype) - physics.A(mu), r2.flatten(), sigma2)
+            x_next = xp + self.step_weight(step, xp) * r2 * coef * physics.A_T(w).to(dtype)
+            return x_next.to(x_prev.dtype)
 
 
 @register_solver("CoDPS+", "codps_plus")
@@ -203,7 +168,7 @@ class CoDPSPlus(_GaussianLikelihood):
     ``condition_methods.py``, method ``CoDPS+``).
 
     With x' the sampler's proposal x'_{t-1}, ᾱ = ᾱ_t, s the step size (``scale``, divided by
-    ``div_ratio`` when t < t_div), σ_n = max(``noiser.sigma``, 1e-5) and λ = ``inv_var``:
+    ``div_ratio`` when t < t_div), σ_n = max(``physics.sigma_n``, 1e-5) and λ = ``inv_var``:
 
         r² = 1 / (ᾱ/(1-ᾱ) + λ),           C = σ_n² I + r² A Aᵀ
         g  = Aᵀ C⁻¹ (y - A x0_hat)         (= -∂/∂x0_hat of ½ (y - A x0_hat)ᵀ C⁻¹ (y - A x0_hat))
@@ -212,21 +177,20 @@ class CoDPSPlus(_GaussianLikelihood):
 
     and no correction at t = 0 (x_{t-1} = x') unless ``scale: auto`` (then s = w_t, the
     sampler's weight, and the step is applied at every t; see the module docstring for why
-    J · g is the likelihood score). With ``use_A_AT=False``: C = (σ_n² + r²) I,
-    except for inpainting (operator name containing "inpainting") where g = Aᵀ (y - A x0_hat),
+    J · g is the likelihood score). With ``use_A_AT=False``: C = (σ_n² + r²) I, except for
+    pixel-masking operators (``physics.is_pixel_mask``: inpainting) where g = Aᵀ (y - A x0_hat),
     the gradient of ½ ||y - A x0_hat||², as in the reference code.
 
-    Call: ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)`` with shapes as
-    in :class:`solvers.base.Solver`; ``x_t`` is not used. Runs under ``torch.inference_mode()``
-    and builds no autograd graph.
+    Reads ``step.proposal``, ``step.x0_hat``, ``step.alpha_bar``, ``step.t`` (and ``step.weight``
+    for ``scale: auto``); runs under ``torch.inference_mode()`` and builds no autograd graph.
     """
 
-    def cov_inverse(self, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
-        """As :meth:`_GaussianLikelihood.cov_inverse`, but the identity for inpainting when
-        ``use_A_AT`` is False."""
-        if not self.use_A_AT and "inpainting" in str(getattr(self.operator, "name", "")).lower():
+    def cov_inverse(self, physics: Any, v: torch.Tensor, r2: torch.Tensor, sigma2: float) -> torch.Tensor:
+        """As :meth:`_GaussianLikelihood.cov_inverse`, but the identity for pixel-masking
+        operators when ``use_A_AT`` is False."""
+        if not self.use_A_AT and physics.is_pixel_mask:
             return v
-        return super().cov_inverse(v, r2, sigma2)
+        return super().cov_inverse(physics, v, r2, sigma2)
 
     def jacobian(self, a: torch.Tensor) -> torch.Tensor:
         """J(ᾱ) = 1/√ᾱ if λ = 0, else √ᾱ / (λ(1-ᾱ) + ᾱ); same shape as ``a``."""
@@ -234,23 +198,20 @@ class CoDPSPlus(_GaussianLikelihood):
             return 1.0 / a.sqrt()
         return a.sqrt() / (self.inv_var * (1.0 - a) + a)
 
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One CoDPS+ step; returns (x_{t-1} (N, C, H, W), residual (N,)). ``score_weight``
-        (N,): the sampler's w_t, needed (only) for ``scale: auto``."""
-        t = as_step(t)
+    def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
+        """One CoDPS+ step: x_{t-1} (N, C, H, W); sets ``step.residual``."""
         with torch.no_grad():
+            x_prev = step.proposal
             dtype = compute_dtype(x_prev)
-            x0 = x0_hat.detach().to(dtype)
-            diff = y.detach().to(dtype) - self.operator.forward(x0)    # y − A x0_hat: residual and update
-            residual = diff.flatten(1).norm(dim=1)
-            if t == 0 and self.scale != "auto":
-                return x_prev.detach(), residual
+            x0 = step.x0_hat.detach().to(dtype)
+            diff = y.detach().to(dtype) - physics.A(x0)    # y − A x0_hat: residual and update
+            step.residual = diff.flatten(1).norm(dim=1)
+            if step.t == 0 and self.scale != "auto":
+                return x_prev.detach()
             xp = x_prev.detach().to(dtype)
-            a = per_sample(as_alpha_bar(alpha_bar, xp.shape[0], dtype, xp.device), xp)   # (N,1,1,1)
-            sigma2 = max(self.noise_sigma(), SIGMA_FLOOR) ** 2
+            a = per_sample(step.alpha_bar.to(device=xp.device, dtype=dtype), xp)   # (N,1,1,1)
+            sigma2 = max(physics.sigma_n, SIGMA_FLOOR) ** 2
             r2 = self.posterior_var(a)
-            w = self.cov_inverse(diff, r2.flatten(), sigma2)
-            x_next = xp + self.step_weight(t, score_weight, xp) * self.jacobian(a) * self.operator.adjoint(w).to(dtype)
-            return x_next.to(x_prev.dtype), residual
+            w = self.cov_inverse(physics, diff, r2.flatten(), sigma2)
+            x_next = xp + self.step_weight(step, xp) * self.jacobian(a) * physics.A_T(w).to(dtype)
+            return x_next.to(x_prev.dtype)

@@ -3,9 +3,11 @@ Sampling for General Noisy Inverse Problems", ICLR 2023): the baseline data-cons
 differentiates the measurement residual through the network."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from solvers.base import Param, Solver, as_step, compute_dtype, register_solver
+from solvers.base import Param, Solver, compute_dtype, register_solver
 
 
 @register_solver("DPS", "ps")
@@ -21,35 +23,26 @@ class DPS(Solver):
     Parameters:
         scale (float >= 0, default 1.0): ζ.
 
-    Call: ``x_next, residual = solver(x_t, x_prev, x0_hat, y, t, alpha_bar)`` (shapes as in
-    :class:`solvers.base.Solver`); ``x_t`` must have ``requires_grad=True`` and ``x0_hat`` be
-    computed from it with the graph kept (``needs_grad = True``); ``t`` and ``alpha_bar`` are
-    not used. The graph is freed by the call.
+    Reads ``step.x_t`` (requires grad), ``step.x0_hat`` (with the graph: ``needs_grad = True``)
+    and ``step.proposal``; the graph is freed by the step; sets ``step.residual``.
 
     Raises:
-        ValueError: (call) ``x_t`` does not require grad or ``x0_hat`` carries no graph.
+        ValueError: (step) ``x_t`` does not require grad or ``x0_hat`` carries no graph.
     """
 
     needs_grad = True
     params = {"scale": Param(1.0, "nonneg", "ζ, step size of the gradient step")}
 
-    def __init__(self, operator, noiser, **params) -> None:
-        super().__init__(operator, noiser, **params)
-        if not callable(getattr(operator, "forward", None)):
-            raise ValueError(f"solver 'DPS' needs an operator with forward; got {type(operator).__name__}")
-
-    def __call__(self, x_t: torch.Tensor, x_prev: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor,
-                 t: int, alpha_bar: torch.Tensor, score_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DPS step; returns (x_{t-1} (N, C, H, W) detached, residual (N,)); ``score_weight``
-        is not used."""
-        as_step(t)
+    def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
+        """One DPS step: x_{t-1} (N, C, H, W), detached."""
+        x_t, x0_hat, x_prev = step.x_t, step.x0_hat, step.proposal
         if not x_t.requires_grad or not x0_hat.requires_grad:
             raise ValueError("DPS needs x_t with requires_grad=True and x0_hat computed from it with "
                              "the autograd graph kept (solver.needs_grad is True)")
         dtype = compute_dtype(x_prev)
-        diff = y.detach().to(dtype) - self.operator.forward(x0_hat.to(dtype))
+        diff = y.detach().to(dtype) - physics.A(x0_hat.to(dtype))
         norm = diff.flatten(1).norm(dim=1)                       # (N,) ||y - A x0_hat||_2
         (grad,) = torch.autograd.grad(norm.sum(), x_t)
+        step.residual = norm.detach()
         x_next = x_prev.detach().to(dtype) - self.scale * grad.to(dtype)
-        return x_next.to(x_prev.dtype), norm.detach()
+        return x_next.to(x_prev.dtype)

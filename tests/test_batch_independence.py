@@ -11,6 +11,7 @@ import torch
 
 from cli_helpers import REPO, TINY_DDIM, TINY_DDPM, TINY_MODEL
 from builder import build_model, build_problem
+from sampling.loop import sample
 from util.config import apply_overrides, load_yaml
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
@@ -54,11 +55,10 @@ def sample_in_batches(problem, model, batches: list[list[int]], seed: int = 22) 
     out = {}
     for idx in batches:
         x = torch.stack([problem.dataset.load(i) for i in idx])
-        with torch.no_grad():
-            problem.operator.draw(numpy_rngs(seed, idx, STREAM_OPERATOR), tuple(x.shape))
-            y = problem.noiser(problem.operator.forward(x), torch_generators(seed, idx, STREAM_NOISE))
+        y = problem.physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
         gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = problem.sampler.sample(model, randn(x.shape[1:], gens), y, problem.solver, gens, progress=False)
+        res = sample(model, problem.sampler, randn(x.shape[1:], gens), y, problem.solver, problem.physics, gens,
+                     progress=False)
         for k, i in enumerate(idx):
             out[i] = res.x0[k].detach().clone()
     return out

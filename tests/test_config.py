@@ -112,15 +112,12 @@ def test_auto_scale_override_builds_the_solver():
     """End to end through the builder: the override gives a solver with scale 'auto'; a key that
     takes no 'auto' is refused by its component in one line."""
     from builder import build_solver
-    from operators import get_noise, get_operator
     cfg, _ = apply_overrides(configs(), ["task.conditioning.params.scale=auto"], VALID)
-    op = get_operator("inpainting", mask_type="random", mask_prob_range=(0.3, 0.7))
-    noise = get_noise("gaussian", sigma=0.05)
-    solver = build_solver(cfg["task"]["conditioning"], op, noise)
-    assert solver.scale == "auto" and solver.uses_score_weight
+    solver = build_solver(cfg["task"]["conditioning"])
+    assert solver.scale == "auto"
     cfg, _ = apply_overrides(configs(), ["task.conditioning.params.t_div=auto"], VALID)
     with pytest.raises(ValueError, match="t_div.*must be a number"):
-        build_solver(cfg["task"]["conditioning"], op, noise)
+        build_solver(cfg["task"]["conditioning"])
 
 
 def test_task_layout():
@@ -151,3 +148,22 @@ def test_tuned_respacing_is_accepted_and_checked():
 def test_safe_load_default_unchanged():
     """The exponent resolver is added to our loader only, not to PyYAML's SafeLoader."""
     assert yaml.safe_load("a: 1e3") == {"a": "1e3"}
+
+
+def test_missing_noise_section_warns_once_with_sigma(caplog):
+    """A task config without measurement.noise (the paper's IMAGENET DDPM inpainting config) is
+    measured noiselessly, and one warning line says so and gives the σ used."""
+    import logging
+
+    from builder import build_measurement
+    measurement = {"operator": {"name": "gaussian_blur", "kernel_size": 5, "intensity": 1.0}}
+    with caplog.at_level(logging.WARNING, logger="builder"):
+        _, noiser = build_measurement(measurement)
+    assert noiser.sigma == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert "measurement.noise" in warnings[0].getMessage() and "sigma_n = 0" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="builder"):
+        _, noiser = build_measurement({**measurement, "noise": {"name": "gaussian", "sigma": 0.05}})
+    assert noiser.sigma == 0.05 and not caplog.records

@@ -9,8 +9,9 @@ import torch
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.respace import get_named_beta_schedule, space_timesteps
 from guided_diffusion.unet import create_model
-from operators import get_noise, get_operator
-from solvers import get_solver
+from operators import Physics, get_noise, get_operator
+from sampling import sample
+from solvers import Solver, get_solver
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 
@@ -62,11 +63,12 @@ class Oracle(torch.nn.Module):
         return torch.cat([eps, torch.full_like(eps, self.v)], 1) if self.learn_sigma else eps
 
 
-class NoOp:
-    needs_grad = False
+class NoOp(Solver):
+    def check(self, physics):
+        pass
 
-    def __call__(self, x_t, x_prev, x0_hat, y, t, alpha_bar):
-        return x_prev, torch.zeros(x_t.shape[0])
+    def step(self, step, y, physics):
+        return step.proposal
 
 
 @pytest.mark.parametrize("sampler,resp,var", [("ddim", "ddim20", "fixedlarge"), ("ddpm", "20", "learned_range"),
@@ -78,7 +80,7 @@ def test_oracle_network_recovers_x0(sampler, resp, var):
     x0 = torch.rand(2, 1, 4, 4) * 1.6 - 0.8
     net = Oracle(diff, x0, learn_sigma=var == "learned_range")
     gens = torch_generators(0, [0, 1], STREAM_SAMPLER)
-    res = diff.sample(net, randn((1, 4, 4), gens), None, NoOp(), gens, progress=False)
+    res = sample(net, diff, randn((1, 4, 4), gens), None, NoOp(), None, gens, progress=False)
     assert torch.allclose(res.x0, x0, atol=1e-4)
     assert net.calls == diff.num_timesteps == res.nfe
     assert res.diverged_at == [None, None]
@@ -152,31 +154,30 @@ def test_five_steps_end_to_end(tiny_unet, method, sampler, resp, params, op_name
     shape = (2, 3, 32, 32)
     op.draw(numpy_rngs(22, [0, 1], STREAM_OPERATOR), shape)
     x = torch.rand(shape) * 2 - 1
-    y = noiser(op.forward(x), torch_generators(22, [0, 1], STREAM_NOISE))
-    solver = get_solver(method, op, noiser, **params)
+    physics = Physics(op, noiser)
+    y = physics.measure(x, None, torch_generators(22, [0, 1], STREAM_NOISE))
+    solver = get_solver(method, **params)
     diff = create_sampler(sampler=sampler, timestep_respacing=resp, model_var_type="learned_range")
     gens = torch_generators(22, [0, 1], STREAM_SAMPLER)
     seen = []
-    res = diff.sample(tiny_unet, randn(shape[1:], gens), y, solver, gens,
-                      callback=lambda i, t, x0_hat, r: seen.append((i, t, tuple(r.shape))), progress=False)
+    res = sample(tiny_unet, diff, randn(shape[1:], gens), y, solver, physics, gens,
+                 callback=lambda i, t, x0_hat, r: seen.append((i, t, tuple(r.shape))), progress=False)
     assert res.x0.shape == shape and torch.isfinite(res.x0).all()
     assert res.diverged_at == [None, None] and res.nfe == 5
     assert seen == [(i, 4 - i, (2,)) for i in range(5)]
 
 
 def test_divergence_is_recorded_per_sample(tiny_unet):
-    class Explode:
-        needs_grad = False
-
-        def __call__(self, x_t, x_prev, x0_hat, y, t, alpha_bar):
-            out = x_prev.clone()
-            if t == 2:
+    class Explode(NoOp):
+        def step(self, step, y, physics):
+            out = step.proposal.clone()
+            if step.t == 2:
                 out[1] = float("nan")
-            return out, torch.zeros(x_t.shape[0])
+            return out
 
     diff = create_sampler(sampler="ddim", timestep_respacing="ddim5", model_var_type="learned_range")
     gens = torch_generators(0, [0, 1], STREAM_SAMPLER)
-    res = diff.sample(tiny_unet, randn((3, 32, 32), gens), None, Explode(), gens, progress=False)
+    res = sample(tiny_unet, diff, randn((3, 32, 32), gens), None, Explode(), None, gens, progress=False)
     assert res.diverged_at == [None, 2]
     assert torch.isfinite(res.x0[0]).all() and torch.equal(res.x0[1], torch.zeros(3, 32, 32))
 
@@ -187,7 +188,7 @@ def test_batch_composition_does_not_change_samples(tiny_unet):
 
     def run(indices):
         gens = torch_generators(7, indices, STREAM_SAMPLER)
-        return diff.sample(tiny_unet, randn((3, 32, 32), gens), None, NoOp(), gens, progress=False).x0
+        return sample(tiny_unet, diff, randn((3, 32, 32), gens), None, NoOp(), None, gens, progress=False).x0
 
     both = run([0, 1])
     assert torch.allclose(both[1:], run([1]), atol=1e-5) and torch.allclose(both[:1], run([0]), atol=1e-5)

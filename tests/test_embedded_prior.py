@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from builder import build_measurement, build_model, build_sampler, build_solver
+from builder import build_model, build_physics, build_sampler, build_solver
+from sampling import sample
 from util.config import load_yaml
 from util.metrics import psnr
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
@@ -41,8 +42,8 @@ def test_unconditional_samples_look_like_digits(prior):
     gens = torch_generators(0, range(8), STREAM_SAMPLER)
     sampler = _sampler("ddim25")
     from solvers import get_solver
-    x = sampler.sample(prior, randn((1, 32, 32), gens), None, get_solver("none", None, None), gens,
-                       progress=False).x0.clamp(-1, 1)
+    x = sample(prior, sampler, randn((1, 32, 32), gens), None, get_solver("none"), None, gens,
+               progress=False).x0.clamp(-1, 1)
     flat = x.reshape(8, -1)
     background = (flat < -0.5).float().mean(1)        # MNIST: ~80 % black background
     ink = (flat > 0.5).float().mean(1)                # and a stroke of bright pixels
@@ -57,15 +58,14 @@ def test_unconditional_samples_look_like_digits(prior):
 @pytest.mark.parametrize("task", ["inpainting", "motion_deblur"])
 def test_codps_plus_beats_classical_inverse(prior, digits, task):
     cfg = load_yaml(os.path.join(CFG, f"{task}_config.yaml"))
-    op, noiser = build_measurement(cfg["measurement"])
+    physics = build_physics(cfg["measurement"])
     idx = list(range(4))
+    y = physics.measure(digits, numpy_rngs(22, idx, STREAM_OPERATOR), torch_generators(22, idx, STREAM_NOISE))
     with torch.no_grad():
-        op.draw(numpy_rngs(22, idx, STREAM_OPERATOR), tuple(digits.shape))
-        y = noiser(op.forward(digits), torch_generators(22, idx, STREAM_NOISE))
-        best_classical = max(np.mean(psnr(op.adjoint(op.cov_solve(y, 1.0, lam)), digits))
+        best_classical = max(np.mean(psnr(physics.A_T(physics.cov_solve(y, 1.0, lam)), digits))
                              for lam in np.logspace(-3, 1, 9))
-    solver = build_solver(cfg["conditioning"], op, noiser)
+    solver = build_solver(cfg["conditioning"], physics)
     gens = torch_generators(22, idx, STREAM_SAMPLER)
-    x = _sampler("ddim50").sample(prior, randn((1, 32, 32), gens), y, solver, gens, progress=False).x0
+    x = sample(prior, _sampler("ddim50"), randn((1, 32, 32), gens), y, solver, physics, gens, progress=False).x0
     ours = np.mean(psnr(x, digits))
     assert ours > best_classical + 1.0, (ours, best_classical)

@@ -6,7 +6,6 @@ exact posterior."""
 from __future__ import annotations
 
 import math
-import statistics
 
 import numpy as np
 import pytest
@@ -15,7 +14,9 @@ import torch
 from benchmarks import gmm as bench
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.gmm import GaussianMixture, GMMEpsilon, as_image, as_vectors, grid_mixture
-from operators import get_noise, get_operator
+from operators import Physics, get_noise, get_operator
+from method_helpers import legacy_solver
+from sampling import sample
 from solvers import get_solver
 from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
@@ -194,7 +195,7 @@ def test_codps_plus_direction_is_exact_likelihood_score(prior_mean, a):
     prior = GaussianMixture([1.0], m[None], [s2])
     x0_hat = (x_t - math.sqrt(1 - a) * prior.eps(x_t, a)) / math.sqrt(a)
     op = get_operator("dense", matrix=A, input_shape=(d, 1, 1))
-    solver = get_solver("CoDPS+", op, get_noise("gaussian", sigma=sigma), scale=1.0, inv_var=1 / s2)
+    solver = legacy_solver("CoDPS+", op, get_noise("gaussian", sigma=sigma), scale=1.0, inv_var=1 / s2)
     ab = torch.full((4,), a, dtype=torch.float64)
     x_next, _ = solver(as_image(x_t), torch.zeros(4, d, 1, 1, dtype=torch.float64), as_image(x0_hat),
                        y.reshape(1, 3, 1, 1).expand(4, 3, 1, 1), 10, ab)
@@ -234,14 +235,14 @@ def test_scale_auto_parsing_and_errors():
     op = get_operator("dense", matrix=np.eye(2, 3), input_shape=(3, 1, 1))
     noiser = get_noise("gaussian", sigma=0.1)
     for name in ("CoDPS", "CoDPS+"):
-        solver = get_solver(name, op, noiser, scale="auto")
-        assert solver.scale == "auto" and solver.uses_score_weight
-        assert not get_solver(name, op, noiser, scale=0.5).uses_score_weight
+        solver = legacy_solver(name, op, noiser, scale="auto")
+        assert solver.scale == "auto"
         x = torch.zeros(2, 3, 1, 1)
-        with pytest.raises(ValueError, match="score_weight"):
+        with pytest.raises(ValueError, match="weight"):      # a Step without a sampler has no w_t
             solver(x, x, x, torch.ones(2, 2, 1, 1), 5, torch.tensor([0.5, 0.5]))
+        legacy_solver(name, op, noiser, scale=0.5)(x, x, x, torch.ones(2, 2, 1, 1), 5, torch.tensor([0.5, 0.5]))
         with pytest.raises(ValueError, match="'auto'"):
-            get_solver(name, op, noiser, scale="automatic")
+            get_solver(name, scale="automatic")
         x_next, _ = solver(x, x, x, torch.ones(2, 2, 1, 1), 0, torch.tensor([0.99, 0.99]),
                            score_weight=torch.tensor([0.1, 0.2]))
         assert (x_next != 0).any()                           # auto also corrects at t = 0
@@ -258,12 +259,12 @@ def test_codps_plus_auto_single_gaussian_samples_exact_posterior():
     y = torch.tensor([1.2, -0.7], dtype=torch.float64)
     post = prior.posterior(A, y, sigma)
     pm, pc = post.mean(), post.covariance()
-    solver = get_solver("CoDPS+", get_operator("dense", matrix=A, input_shape=(d, 1, 1)),
-                        get_noise("gaussian", sigma=sigma), scale="auto", inv_var=1 / s2)
+    physics = Physics(get_operator("dense", matrix=A, input_shape=(d, 1, 1)), get_noise("gaussian", sigma=sigma))
+    solver = get_solver("CoDPS+", scale="auto", inv_var=1 / s2)
     diff = create_sampler(sampler="ddpm", timestep_respacing="1000", model_var_type="fixedsmall", clip_denoised=False)
     gens = torch_generators(0, range(n), STREAM_SAMPLER)
-    res = diff.sample(GMMEpsilon.from_schedule(prior), randn((d, 1, 1), gens),
-                      y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), solver, gens, progress=False)
+    res = sample(GMMEpsilon.from_schedule(prior), diff, randn((d, 1, 1), gens),
+                 y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), solver, physics, gens, progress=False)
     x = as_vectors(res.x0).double()
     se_mean = (pc.diagonal() / n).sqrt()
     assert ((x.mean(0) - pm).abs() <= 4.5 * se_mean).all(), ((x.mean(0) - pm) / se_mean)
@@ -379,10 +380,10 @@ def test_benchmark_combine_reproduces_a_single_run(tmp_path):
     text = open(tmp_path / "ab.md", encoding="utf-8").read()
     assert "`a.csv`: made by `cmd a`" in text and "`b.csv`: made by `cmd b`" in text
     assert "σ_y ∈ [0.1, 1.0]" in text
-    sw_line = next(line for line in text.splitlines() if line.startswith("| CoDPS+ (auto) |") and "σ_y" not in line
-                   and line.count("|") == 4)
-    want = [statistics.median([r["sw"]]) for r in whole if r["method"] == "CoDPS+ (auto)"]
-    assert [float(c) for c in sw_line.strip("| ").split(" | ")[1:]] == pytest.approx(want, rel=1e-2)
+    sw_lines = [line for line in text.splitlines() if line.startswith("| DDIM 100 | CoDPS+ (auto) |")
+                and line.count("|") == 4][::3]          # the sliced-Wasserstein table of each σ_y
+    want = [r["sw"] for r in whole if r["method"] == "CoDPS+ (auto)"]
+    assert [float(line.strip("| ").split(" | ")[2]) for line in sw_lines] == pytest.approx(want, rel=1e-2)
 
 
 def test_benchmark_combine_bad_file(tmp_path, capsys):
@@ -393,3 +394,74 @@ def test_benchmark_combine_bad_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.csv" in err and "missing column" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_floor_is_median_and_range_over_exact_draws():
+    """The exact row is the median and 5–95 % range over ``floor_draws`` sets of exact draws
+    (not one realisation); its first draw is the former single "2nd draw"."""
+    d, m, sigma, n, proj = 4, 1, 0.1, 64, 16
+    rows = bench.run(dims=(d,), ms=(m,), sigmas=(sigma,), samples=n, projections=proj, samplers=("DDIM 100",),
+                     methods=bench.METHODS[:1], floor_draws=25)
+    floor = rows[0]
+    assert floor["method"] == bench.EXACT and floor["floor_draws"] == 25
+    problem = bench.make_problem(d, m, sigma, 0)
+    directions = bench.random_directions(proj, d, bench.derived_seed(0, d, 99))
+    g = bench.reference_generator(0, d, m, sigma)
+    reference, _ = problem.posterior.sample(n, g)
+    draws = [bench.score(problem, problem.posterior.sample(n, g)[0], reference, directions) for _ in range(25)]
+    for k in bench.METRICS:
+        vals = np.array([dr[k] for dr in draws])
+        assert floor[k] == pytest.approx(np.median(vals), rel=1e-12)
+        assert floor[f"{k}_p05"] == pytest.approx(np.percentile(vals, 5), rel=1e-12)
+        assert floor[f"{k}_p95"] == pytest.approx(np.percentile(vals, 95), rel=1e-12)
+        assert floor[f"{k}_p05"] < floor[k] < floor[f"{k}_p95"]
+    g1, g2 = bench.reference_generator(0, d, m, sigma), bench.reference_generator(0, d, m, sigma)
+    problem.posterior.sample(n, g1)                             # the reference set, then draw 1
+    legacy = bench.exact_floor(problem, reference, directions, n, 1, g1)
+    problem.posterior.sample(n, g2)
+    second = bench.score(problem, problem.posterior.sample(n, g2)[0], reference, directions)
+    assert legacy["per_draw"][0].tolist() == [second[k] for k in bench.METRICS]
+
+
+def test_tables_show_every_m_and_the_floor_range(tmp_path):
+    """The markdown tables have a column per (d, m), not a median over m, and the floor reads
+    "median [p05, p95]"."""
+    methods = [mt for mt in bench.METHODS if mt.label == "DPS"]
+    rows = bench.run(dims=(4,), ms=(1, 2), sigmas=(0.1,), samples=16, projections=8, samplers=("DDIM 100",),
+                     methods=methods, floor_draws=20)
+    _, md = bench.write_results(rows, str(tmp_path), "g", "cmd", dict(bench.QUICK, threads=1, seed=0), 1.0)
+    text = open(md, encoding="utf-8").read()
+    assert "median over m" not in text
+    tv_table = text.split("## σ_y = 0.1: weight TV")[1].split("##")[0]
+    assert "| sampler | method | d=4 m=1 | d=4 m=2 |" in tv_table
+    dps = next(line for line in tv_table.splitlines() if line.startswith("| DDIM 100 | DPS |"))
+    want = [bench._fmt(r["weight_tv"]) for r in rows if r["method"] == "DPS"]
+    assert dps.strip("| ").split(" | ")[2:] == want and len(want) == 2
+    floor = next(line for line in tv_table.splitlines() if line.startswith(f"| - | {bench.EXACT} |"))
+    f1 = rows[0]
+    assert f"{bench._fmt(f1['weight_tv'])} [{bench._fmt(f1['weight_tv_p05'])}, {bench._fmt(f1['weight_tv_p95'])}]" \
+        in floor
+
+
+def test_refloor_replaces_single_draw_rows_by_the_floor(tmp_path):
+    """--combine --refloor on a CSV with the old single-draw exact rows (and no floor columns)
+    writes the floor a full run writes, keeping the method rows."""
+    methods = [mt for mt in bench.METHODS if mt.label == "prior (no data)"]
+    kw = dict(dims=(4,), ms=(1,), sigmas=(0.1,), samples=16, projections=8, samplers=("DDIM 100",), methods=methods)
+    whole = bench.run(floor_draws=20, **kw)
+    old = [dict(r, method=bench.LEGACY_EXACT) if bench.is_exact(r) else r for r in bench.run(floor_draws=1, **kw)]
+    path = tmp_path / "old.csv"
+    with open(path, "w", encoding="utf-8") as f:                  # the pre-floor CSV layout
+        f.write(",".join(bench.CSV_FIELDS[:14]) + "\n")
+        for r in old:
+            f.write(",".join(str(r[k]) for k in bench.CSV_FIELDS[:14]) + "\n")
+    assert bench.read_rows(str(path))[0]["floor_draws"] is None
+    assert bench.main(["--combine", str(path), "--refloor", "--floor-draws", "20", "--projections", "8",
+                       "--out", str(tmp_path), "--name", "new"]) == 0
+    new = bench.read_rows(str(tmp_path / "new.csv"))
+    assert [r["method"] for r in new] == [r["method"] for r in whole]
+    for got, want in zip(new, whole):
+        for k in bench.METRICS:
+            assert got[k] == pytest.approx(want[k], rel=1e-5)
+    assert new[0]["floor_draws"] == 20 and new[0]["sw_p95"] == pytest.approx(whole[0]["sw_p95"], rel=1e-5)
+    assert bench.main(["--refloor", "--out", str(tmp_path)]) == 2    # --refloor needs --combine

@@ -11,7 +11,9 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.gmm import GaussianMixture, GMMEpsilon, as_image, as_vectors
-from operators import get_noise, get_operator
+from method_helpers import legacy_solver
+from operators import Physics, get_noise, get_operator
+from sampling import sample
 from solvers import get_solver, list_solvers
 from util.seeding import STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
@@ -43,8 +45,8 @@ def test_step_matches_closed_form_on_linear_network(name, kw, sigma):
     ab = torch.tensor([0.3, 0.8], dtype=torch.float64)
     w = torch.tensor([0.05, 0.2], dtype=torch.float64)
     c, zeta = 1.7, 0.6
-    solver = get_solver("PiGDM", op, get_noise("gaussian", sigma=sigma), scale=zeta)
-    assert solver.needs_grad and solver.uses_score_weight
+    solver = legacy_solver("PiGDM", op, get_noise("gaussian", sigma=sigma), scale=zeta)
+    assert solver.needs_grad
     x_t = x_t0.clone().requires_grad_(True)
     x0_hat = c * x_t + 0.1
     x_next, residual = solver(x_t, x_prev, x0_hat, y, 7, ab, score_weight=w)
@@ -66,8 +68,8 @@ def test_guidance_is_exact_likelihood_score_for_unit_gaussian_prior(a):
     y = torch.randn(3, generator=g, dtype=torch.float64)
     sigma = 0.3
     x = torch.randn(4, d, generator=g, dtype=torch.float64)
-    solver = get_solver("PiGDM", get_operator("dense", matrix=A, input_shape=(d, 1, 1)),
-                        get_noise("gaussian", sigma=sigma))
+    solver = legacy_solver("PiGDM", get_operator("dense", matrix=A, input_shape=(d, 1, 1)),
+                           get_noise("gaussian", sigma=sigma))
     x_t = as_image(x).requires_grad_(True)
     x0_hat = (x_t - math.sqrt(1 - a) * as_image(prior.eps(as_vectors(x_t), a))) / math.sqrt(a)
     zeros = torch.zeros(4, d, 1, 1, dtype=torch.float64)
@@ -82,25 +84,25 @@ def test_errors_and_registry():
     assert {"PiGDM", "pgdm"} <= set(list_solvers())
     op = get_operator("noise")
     noiser = get_noise("gaussian", sigma=0.1)
-    solver = get_solver("pgdm", op, noiser, scale=2.0)
+    solver = legacy_solver("pgdm", op, noiser, scale=2.0)
     x = torch.zeros(2, 3, 4, 4)
     ab = torch.tensor([0.5, 0.5])
     with pytest.raises(ValueError, match="requires_grad"):
         solver(x, x, x, x, 3, ab, score_weight=torch.ones(2))
     x_t = x.clone().requires_grad_(True)
-    with pytest.raises(ValueError, match="score_weight"):
+    with pytest.raises(ValueError, match="weight"):         # a Step without a sampler has no w_t
         solver(x_t, x, 2 * x_t, x, 3, ab)
     with pytest.raises(ValueError, match="unknown parameter"):
-        get_solver("PiGDM", op, noiser, inv_var=1.0)
+        get_solver("PiGDM", inv_var=1.0)
     with pytest.raises(ValueError, match="sigma"):
-        get_solver("PiGDM", op, object())
-    with pytest.raises(ValueError, match="cov_solve"):
-        get_solver("PiGDM", object(), noiser)
+        legacy_solver("PiGDM", op, object())
+    with pytest.raises(ValueError, match="forward and adjoint"):
+        legacy_solver("PiGDM", object(), noiser)
 
 
 @pytest.mark.parametrize("sampler,resp", [("ddpm", "20"), ("ddim", "ddim10")])
 def test_end_to_end_on_a_gaussian_prior(sampler, resp):
-    """Through GaussianDiffusion.sample (which passes score_weight and keeps the graph): finite
+    """Through sampling.sample (which gives Step.weight and keeps the graph): finite
     samples, and on a unit-Gaussian prior with 10-20 steps the sample mean moves from the prior
     mean towards the exact posterior mean."""
     d, n = 3, 200
@@ -108,12 +110,11 @@ def test_end_to_end_on_a_gaussian_prior(sampler, resp):
     A = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
     y = torch.tensor([0.0, 1.0], dtype=torch.float64)
     post = prior.posterior(A, y, 0.1)
-    solver = get_solver("PiGDM", get_operator("dense", matrix=A, input_shape=(d, 1, 1)),
-                        get_noise("gaussian", sigma=0.1))
+    physics = Physics(get_operator("dense", matrix=A, input_shape=(d, 1, 1)), get_noise("gaussian", sigma=0.1))
     diff = create_sampler(sampler=sampler, timestep_respacing=resp, model_var_type="fixedsmall", clip_denoised=False)
     gens = torch_generators(0, range(n), STREAM_SAMPLER)
-    res = diff.sample(GMMEpsilon.from_schedule(prior), randn((d, 1, 1), gens),
-                      y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), solver, gens, progress=False)
+    res = sample(GMMEpsilon.from_schedule(prior), diff, randn((d, 1, 1), gens),
+                 y.float().reshape(1, 2, 1, 1).expand(n, 2, 1, 1), get_solver("PiGDM"), physics, gens, progress=False)
     x = as_vectors(res.x0).double()
     assert res.diverged_at == [None] * n and torch.isfinite(x).all()
     assert (x.mean(0) - post.mean()).norm() < 0.3 * (prior.mean() - post.mean()).norm()
@@ -127,6 +128,6 @@ def test_runs_on_images_with_a_registered_operator():
     y = op.forward(torch.rand(shape) * 2 - 1)
     diff = create_sampler(sampler="ddim", timestep_respacing="ddim5", model_var_type="fixedlarge")
     gens = torch_generators(1, range(2), STREAM_SAMPLER)
-    res = diff.sample(lambda x, t: 0.5 * x, randn(shape[1:], gens), y, get_solver("PiGDM", op, noiser), gens,
-                      progress=False)
+    res = sample(lambda x, t: 0.5 * x, diff, randn(shape[1:], gens), y, get_solver("PiGDM"), Physics(op, noiser), gens,
+                 progress=False)
     assert res.x0.shape == shape and torch.isfinite(res.x0).all() and res.nfe == 5

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder import (build_measurement, build_sampler, build_solver, diffusion_config_keys, dry_run_operator,
+from builder import (build_physics, build_sampler, build_solver, diffusion_config_keys, dry_run_operator,
                      image_shape, model_config_keys)
 from util.config import check_task_layout, load_yaml
 
@@ -47,12 +47,12 @@ def test_task_config_builds(task_path):
     model = load_yaml(str(task_path.parent / "model_config.yaml"))
     task = load_yaml(str(task_path))
     check_task_layout(task, rel(task_path))
-    operator, noiser = build_measurement(task["measurement"], "cpu")
-    build_solver(task["conditioning"], operator, noiser)
+    physics = build_physics(task["measurement"], "cpu")
     shape = image_shape(model)
-    dry_run_operator(operator, noiser, shape, seed=0)
-    y = operator.forward(torch.zeros(1, *shape))
-    assert operator.display(y).shape == (1, *shape)
+    dry_run_operator(physics, shape, seed=0)
+    build_solver(task["conditioning"], physics)
+    y = physics.A(torch.zeros(1, *shape))
+    assert physics.display(y).shape == (1, *shape)
 
 
 PAPER_MODELS = {
@@ -109,10 +109,32 @@ def test_paper_values(dataset, sampler):
             assert dps["measurement"] == cfg["measurement"]
 
 
+MNIST_TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
+               "inpainting_box")
+
+
+@pytest.mark.parametrize("task", MNIST_TASKS)
+def test_mnist_pigdm_configs_ship_with_the_codps_measurement(task):
+    """ΠGDM has a config for every MNIST task: method PiGDM with exactly the solver's parameters,
+    and the same data and measurement as the task's CoDPS+ config (so the methods compare on
+    the same y). The generic test above builds it (TASK_CONFIGS includes it)."""
+    from solvers import get_solver   # noqa: F401  (registers the solvers)
+    from solvers.pigdm import PiGDM
+    d = REPO / "configs" / "MNIST" / "DDIM"
+    path = d / f"pigdm_{task}_config.yaml"
+    assert path in TASK_CONFIGS
+    cfg, codps = load_yaml(str(path)), load_yaml(str(d / f"{task}_config.yaml"))
+    assert cfg["conditioning"]["method"] == "PiGDM"
+    assert set(cfg["conditioning"]["params"]) == set(PiGDM.params)
+    assert cfg["measurement"] == codps["measurement"] and cfg["data"] == codps["data"]
+    assert "untuned" in path.read_text(encoding="utf-8").lower()
+
+
 @pytest.mark.parametrize("sampler", ["DDIM", "DDPM"])
 def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
-    """Every MNIST task config says which timestep_respacing its scale / t_div were tuned at, and
-    it is the shipped diffusion config's (so the default run gives no warning)."""
+    """Every tuned MNIST task config says which timestep_respacing its scale / t_div were tuned
+    at, and it is the shipped diffusion config's (so the default run gives no warning); the
+    ΠGDM configs, marked UNTUNED, have nothing to record."""
     from builder import warn_untuned_respacing
     from guided_diffusion.gaussian_diffusion import create_sampler
     d = REPO / "configs" / "MNIST" / sampler
@@ -122,5 +144,8 @@ def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
     assert len(tasks) >= 6
     for path in tasks:
         cond = load_yaml(str(path))["conditioning"]
+        if "untuned" in path.read_text(encoding="utf-8").lower():
+            assert "tuned_respacing" not in cond, path.name
+            continue
         assert str(cond.get("tuned_respacing")) == str(diffusion["timestep_respacing"]), path.name
         assert not warn_untuned_respacing(cond, diffusion, steps)

@@ -14,6 +14,7 @@ import torch
 import operators
 import solvers
 from solvers import get_solver, list_solvers
+from method_helpers import legacy_solver
 
 N, C, H, W = 2, 3, 16, 16
 SIGMA = 0.05
@@ -36,6 +37,7 @@ class DenseOperator:
         self.M = torch.from_numpy(matrix)
         self.shape = shape
         self.name = name
+        self.is_pixel_mask = name == "inpainting"       # the capability CoDPS+ (use_A_AT: false) asks for
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, m)."""
@@ -128,7 +130,7 @@ def dense_matrices(op, n: int, dtype: torch.dtype) -> np.ndarray:
 
 
 def is_inpainting(op) -> bool:
-    return "inpainting" in op.name
+    return bool(getattr(op, "is_pixel_mask", False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ def test_codps_equals_autograd_of_loss(case, use_A_AT):
     dtype = operator_dtype(op)
     x_prev, x0_hat, y, alpha_bar = random_inputs(op, dtype)
     scale, lam = 0.7, 0.5
-    solver = get_solver("CoDPS", op, SimpleNamespace(sigma=SIGMA), scale=scale, inv_var=lam, use_A_AT=use_A_AT)
+    solver = legacy_solver("CoDPS", op, SimpleNamespace(sigma=SIGMA), scale=scale, inv_var=lam, use_A_AT=use_A_AT)
     x_next, residual = solver(x_prev, x_prev, x0_hat, y, 10, alpha_bar)
 
     xp = x_prev.clone().requires_grad_(True)
@@ -170,7 +172,7 @@ def test_matches_dense_numpy_reference(case, method, use_A_AT):
     dtype = operator_dtype(op)
     x_prev, x0_hat, y, alpha_bar = random_inputs(op, dtype, seed=1)
     scale, lam = 0.3, 2.0
-    solver = get_solver(method, op, SimpleNamespace(sigma=SIGMA), scale=scale, inv_var=lam, use_A_AT=use_A_AT)
+    solver = legacy_solver(method, op, SimpleNamespace(sigma=SIGMA), scale=scale, inv_var=lam, use_A_AT=use_A_AT)
     x_next, _ = solver(x_prev, x_prev, x0_hat, y, 5, alpha_bar)
 
     n = x_prev.shape[0]
@@ -199,7 +201,7 @@ def test_no_graph_and_inference_mode(case, method):
     """No autograd graph even for inputs requiring grad; works under torch.inference_mode()."""
     op = make_operator(case)
     x_prev, x0_hat, y, alpha_bar = random_inputs(op, torch.float32)
-    solver = get_solver(method, op, operators.get_noise("gaussian", sigma=SIGMA), scale=1.0)
+    solver = legacy_solver(method, op, operators.get_noise("gaussian", sigma=SIGMA), scale=1.0)
     x_next, residual = solver(x_prev, x_prev.clone().requires_grad_(True), x0_hat.clone().requires_grad_(True),
                               y, 3, alpha_bar)
     assert x_next.grad_fn is None and not x_next.requires_grad and residual.grad_fn is None
@@ -219,9 +221,9 @@ def test_t_div_divides_scale(method):
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
     noiser = SimpleNamespace(sigma=SIGMA)
-    divided = get_solver(method, op, noiser, scale=2.0, t_div=10, div_ratio=4)
-    quarter = get_solver(method, op, noiser, scale=0.5)
-    full = get_solver(method, op, noiser, scale=2.0)
+    divided = legacy_solver(method, op, noiser, scale=2.0, t_div=10, div_ratio=4)
+    quarter = legacy_solver(method, op, noiser, scale=0.5)
+    full = legacy_solver(method, op, noiser, scale=2.0)
     assert torch.equal(divided(x_prev, x_prev, x0_hat, y, 9, ab)[0], quarter(x_prev, x_prev, x0_hat, y, 9, ab)[0])
     assert torch.equal(divided(x_prev, x_prev, x0_hat, y, 10, ab)[0], full(x_prev, x_prev, x0_hat, y, 10, ab)[0])
     assert divided.scale_at(9) == 0.5 and divided.scale_at(10) == 2.0
@@ -230,7 +232,7 @@ def test_t_div_divides_scale(method):
 def test_codps_plus_no_correction_at_t0():
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
-    solver = get_solver("CoDPS+", op, SimpleNamespace(sigma=SIGMA), scale=5.0)
+    solver = legacy_solver("CoDPS+", op, SimpleNamespace(sigma=SIGMA), scale=5.0)
     x_next, residual = solver(x_prev, x_prev, x0_hat, y, 0, ab)
     assert torch.equal(x_next, x_prev)
     torch.testing.assert_close(residual, (y - op.forward(x0_hat)).norm(dim=1))
@@ -241,8 +243,8 @@ def test_codps_plus_floors_sigma():
     """σ_n = 0 behaves as σ_n = 1e-5, and stays finite for a singular A Aᵀ (inpainting)."""
     op = dense_operator("inpainting")
     x_prev, x0_hat, y, ab = random_inputs(op)
-    zero = get_solver("CoDPS+", op, SimpleNamespace(sigma=0.0))(x_prev, x_prev, x0_hat, y, 4, ab)[0]
-    floor = get_solver("CoDPS+", op, SimpleNamespace(sigma=1e-5))(x_prev, x_prev, x0_hat, y, 4, ab)[0]
+    zero = legacy_solver("CoDPS+", op, SimpleNamespace(sigma=0.0))(x_prev, x_prev, x0_hat, y, 4, ab)[0]
+    floor = legacy_solver("CoDPS+", op, SimpleNamespace(sigma=1e-5))(x_prev, x_prev, x0_hat, y, 4, ab)[0]
     assert torch.equal(zero, floor)
     assert torch.isfinite(zero).all()
 
@@ -254,7 +256,7 @@ def test_noiseless_measurement_stays_finite(case, use_A_AT):
     op = make_operator(case)
     x_prev, x0_hat, y, ab = random_inputs(op)
     for method in ("CoDPS", "CoDPS+"):
-        solver = get_solver(method, op, operators.get_noise("clean"), use_A_AT=use_A_AT)
+        solver = legacy_solver(method, op, operators.get_noise("clean"), use_A_AT=use_A_AT)
         assert torch.isfinite(solver(x_prev, x_prev, x0_hat, y, 4, ab)[0]).all()
 
 
@@ -262,7 +264,7 @@ def test_inv_var_zero_uses_tweedie_jacobian():
     """λ = 0: J = 1/√ᾱ, and r² = (1 - ᾱ)/ᾱ."""
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
-    x_next = get_solver("CoDPS+", op, SimpleNamespace(sigma=SIGMA), inv_var=0)(x_prev, x_prev, x0_hat, y, 4, ab)[0]
+    x_next = legacy_solver("CoDPS+", op, SimpleNamespace(sigma=SIGMA), inv_var=0)(x_prev, x_prev, x0_hat, y, 4, ab)[0]
     a = ab.reshape(-1, 1, 1, 1)
     g = op.adjoint(op.cov_solve(y - op.forward(x0_hat), ((1 - a) / a).flatten(), SIGMA**2))
     torch.testing.assert_close(x_next, x_prev + g / a.sqrt())
@@ -272,7 +274,7 @@ def test_inv_var_zero_uses_tweedie_jacobian():
 def test_half_x0_hat_is_computed_in_float32(method):
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op, torch.float32)
-    solver = get_solver(method, op, SimpleNamespace(sigma=SIGMA))
+    solver = legacy_solver(method, op, SimpleNamespace(sigma=SIGMA))
     half = x0_hat.half()
     x_next, residual = solver(x_prev, x_prev, half, y, 4, ab)
     assert x_next.dtype == torch.float32 and residual.dtype == torch.float32
@@ -284,7 +286,7 @@ def test_samples_do_not_interact(method):
     """Each sample's step depends on its own inputs and ᾱ only."""
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
-    solver = get_solver(method, op, SimpleNamespace(sigma=SIGMA), scale=0.5)
+    solver = legacy_solver(method, op, SimpleNamespace(sigma=SIGMA), scale=0.5)
 
     def run(sl):
         if not solver.needs_grad:
@@ -308,7 +310,7 @@ def test_dps_matches_closed_form_on_linear_network(case, name):
     op = make_operator(case)
     x_prev, x_t0, y, ab = random_inputs(op)
     a, zeta = 0.8, 0.3
-    solver = get_solver(name, op, None, scale=zeta)
+    solver = legacy_solver(name, op, None, scale=zeta)
     assert solver.needs_grad
     x_t = x_t0.clone().requires_grad_(True)
     x_next, residual = solver(x_t, x_prev, a * x_t, y, 7, ab)
@@ -324,18 +326,18 @@ def test_dps_needs_graph():
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
     with pytest.raises(ValueError, match="requires_grad"):
-        get_solver("DPS", op, None)(x_prev, x_prev, x0_hat, y, 3, ab)
+        legacy_solver("DPS", op, None)(x_prev, x_prev, x0_hat, y, 3, ab)
 
 
 @pytest.mark.parametrize("name", ["none", "vanilla"])
 def test_no_correction(name):
     op = dense_operator()
     x_prev, x0_hat, y, ab = random_inputs(op)
-    solver = get_solver(name, op, None)
+    solver = legacy_solver(name, op, None)
     x_next, residual = solver(x_prev, x_prev, x0_hat, y, 3, ab)
     assert torch.equal(x_next, x_prev) and not solver.needs_grad
     torch.testing.assert_close(residual, (y - op.forward(x0_hat)).norm(dim=1))
-    x_next, residual = get_solver(name, None, None)(x_prev, x_prev, x0_hat, None, 3, ab)
+    x_next, residual = legacy_solver(name, None, None)(x_prev, x_prev, x0_hat, None, 3, ab)
     assert torch.equal(x_next, x_prev) and torch.equal(residual, torch.zeros(2, dtype=torch.float64))
 
 
@@ -346,8 +348,8 @@ def test_no_correction(name):
 def test_registry_lists_all_names():
     assert {"CoDPS", "CoDPS+", "codps_plus", "DPS", "ps", "none", "vanilla"} <= set(list_solvers())
     op = dense_operator()
-    assert isinstance(get_solver("codps+", op, SimpleNamespace(sigma=0.1)), solvers.codps.CoDPSPlus)
-    assert isinstance(get_solver("codps_plus", op, SimpleNamespace(sigma=0.1)), solvers.codps.CoDPSPlus)
+    assert isinstance(legacy_solver("codps+", op, SimpleNamespace(sigma=0.1)).method, solvers.codps.CoDPSPlus)
+    assert isinstance(get_solver("codps_plus"), solvers.codps.CoDPSPlus)
     assert not solvers.codps.CoDPS.needs_grad and not solvers.codps.CoDPSPlus.needs_grad
 
 
@@ -358,7 +360,7 @@ def test_register_rejects_duplicate_name():
 
 def test_unknown_solver_lists_valid_names():
     with pytest.raises(ValueError, match="unknown solver 'nope'") as info:
-        get_solver("nope", dense_operator(), SimpleNamespace(sigma=0.1))
+        get_solver("nope")
     message = str(info.value)
     assert "\n" not in message
     for name in list_solvers():
@@ -372,7 +374,7 @@ def test_unknown_solver_lists_valid_names():
 ])
 def test_unknown_param_names_it_and_lists_valid(name, bad, valid):
     with pytest.raises(ValueError, match=bad) as info:
-        get_solver(name, dense_operator(), SimpleNamespace(sigma=0.1), **{bad: 1.0})
+        get_solver(name, **{bad: 1.0})
     for param in valid:
         assert param in str(info.value)
 
@@ -383,21 +385,25 @@ def test_unknown_param_names_it_and_lists_valid(name, bad, valid):
 ])
 def test_bad_param_values(params):
     with pytest.raises(ValueError, match=next(iter(params))):
-        get_solver("CoDPS+", dense_operator(), SimpleNamespace(sigma=0.1), **params)
+        get_solver("CoDPS+", **params)
 
 
 def test_bad_noiser_operator_and_step():
     op = dense_operator()
     with pytest.raises(ValueError, match="sigma"):
-        get_solver("CoDPS", op, SimpleNamespace())
+        legacy_solver("CoDPS", op, SimpleNamespace())
     with pytest.raises(ValueError, match="sigma"):
-        get_solver("CoDPS", op, SimpleNamespace(sigma=-0.1))
-    with pytest.raises(ValueError, match="cov_solve"):
-        get_solver("CoDPS", SimpleNamespace(forward=op.forward, adjoint=op.adjoint), SimpleNamespace(sigma=0.1))
-    get_solver("CoDPS", SimpleNamespace(forward=op.forward, adjoint=op.adjoint), SimpleNamespace(sigma=0.1),
-               use_A_AT=False)
-    solver = get_solver("CoDPS+", op, SimpleNamespace(sigma=0.1))
+        legacy_solver("CoDPS", op, SimpleNamespace(sigma=-0.1))
+    # an operator without cov_solve: the physics solves by conjugate gradients, same step
     x_prev, x0_hat, y, ab = random_inputs(op)
+    bare = legacy_solver("CoDPS", SimpleNamespace(forward=op.forward, adjoint=op.adjoint), SimpleNamespace(sigma=0.1))
+    assert not bare.physics.has_exact_cov_solve
+    torch.testing.assert_close(bare(x_prev, x_prev, x0_hat, y, 3, ab)[0],
+                               legacy_solver("CoDPS", op, SimpleNamespace(sigma=0.1))(x_prev, x_prev, x0_hat, y, 3, ab)[0],
+                               rtol=1e-6, atol=1e-6)
+    legacy_solver("CoDPS", SimpleNamespace(forward=op.forward, adjoint=op.adjoint), SimpleNamespace(sigma=0.1),
+                  use_A_AT=False)
+    solver = legacy_solver("CoDPS+", op, SimpleNamespace(sigma=0.1))
     with pytest.raises(ValueError, match="alpha_bar"):
         solver(x_prev, x_prev, x0_hat, y, 3, ab[:1].repeat(3))
     with pytest.raises(ValueError, match="t must"):

@@ -13,7 +13,8 @@ from cli_helpers import REPO, TINY_MODEL
 from builder import model_config_keys
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.unet import create_model, resolve_channels_last
-from operators import get_noise, get_operator
+from operators import Physics, get_noise, get_operator
+from sampling import sample
 from solvers import get_solver
 from util.config import load_yaml
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
@@ -46,19 +47,16 @@ PARAMS = {"CoDPS+": dict(scale=0.05, inv_var=1.0), "CoDPS": dict(scale=0.01, inv
 
 def _restore(model, method, indices, sampler="ddim", steps="4"):
     """Posterior samples of images ``indices`` (motion blur with per-image kernels) in one batch."""
-    op = get_operator("motion_blur", kernel_size=9, intensity=0.5)
-    noiser = get_noise("gaussian", sigma=0.05)
+    physics = Physics(get_operator("motion_blur", kernel_size=9, intensity=0.5), get_noise("gaussian", sigma=0.05))
     g = torch.Generator().manual_seed(1)
     x_all = torch.rand((4, 3, 32, 32), generator=g) * 2 - 1
     x = x_all[indices]
-    op.draw(numpy_rngs(5, indices, STREAM_OPERATOR), tuple(x.shape))
-    with torch.no_grad():
-        y = noiser(op.forward(x), torch_generators(5, indices, STREAM_NOISE))
+    y = physics.measure(x, numpy_rngs(5, indices, STREAM_OPERATOR), torch_generators(5, indices, STREAM_NOISE))
     diff = create_sampler(sampler=sampler, timestep_respacing=steps, model_var_type="learned_range")
     gens = torch_generators(5, indices, STREAM_SAMPLER)
     counting = Counting(model)
-    res = diff.sample(counting, randn(x.shape[1:], gens), y, get_solver(method, op, noiser, **PARAMS[method]), gens,
-                       progress=False)
+    res = sample(counting, diff, randn(x.shape[1:], gens), y, get_solver(method, **PARAMS[method]), physics, gens,
+                 progress=False)
     return res, counting
 
 

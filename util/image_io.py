@@ -134,7 +134,9 @@ def save_png(path: str, img: torch.Tensor | np.ndarray) -> None:
 
 
 def save_npy(path: str, array: np.ndarray | torch.Tensor) -> None:
-    """Save an array (e.g. a blur kernel (k, k) or a mask (C, H, W)) as ``.npy``, atomically."""
+    """Save an array (e.g. a blur kernel (k, k) or a mask (C, H, W)) as ``.npy``, atomically.
+    Blur kernels are saved as convolution kernels (impulse responses); code that applies them
+    with ``F.conv2d`` (correlation, as the paper's and DPS's) needs them rotated by 180°."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     _atomic_via_buffer(path, lambda buf: np.save(buf, np.asarray(array), allow_pickle=False))
