@@ -39,7 +39,7 @@ CASES = {
 }
 
 
-def sample(sampling: str, task: str, overrides: list[str], batches: list[list[int]], seed: int = 22):
+def sample_in_batches(sampling: str, task: str, overrides: list[str], batches: list[list[int]], seed: int = 22):
     """x0 and the clean image of every digit, sampled in ``batches`` as runner.Runner does."""
     d = os.path.join(ROOT, "configs", "MNIST", sampling)
     configs = {"model": load_yaml(os.path.join(d, "model_config.yaml")),
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for name, (sampling, task, overrides) in CASES.items():
         start = time.perf_counter()
-        one, x = sample(sampling, task, overrides, [[i] for i in range(n)])
-        many, _ = sample(sampling, task, overrides, [list(range(n))])
+        one, x = sample_in_batches(sampling, task, overrides, [[i] for i in range(n)])
+        many, _ = sample_in_batches(sampling, task, overrides, [list(range(n))])
         diff = max(float((one[i] - many[i]).abs().max()) for i in range(n))
         levels = max(int(np.abs(to_uint8_image(to_unit(one[i][None])[0]).astype(int)
                                 - to_uint8_image(to_unit(many[i][None])[0]).astype(int)).max()) for i in range(n))
