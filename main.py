@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", type=int, default=None, help="GPU index, as in the paper's code (= --device cuda:N)")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="images sampled together (each image keeps its own random streams; CoDPS / CoDPS+ "
-                             "results agree to ~1e-6, DPS / PiGDM ones may move slightly: see docs/cli.md)")
+                             "results agree to ~1e-6, DPS / PiGDM ones may move by a few tenths of a dB: see "
+                             "docs/cli.md)")
     parser.add_argument("--num_images", type=int, default=None,
                         help="the first N images of the data (default all; more than there are: a warning)")
     parser.add_argument("--record", action="store_true",
