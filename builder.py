@@ -15,7 +15,7 @@ import torch
 
 from data.dataloader import ImageDataset, get_dataset
 from guided_diffusion.gaussian_diffusion import create_sampler
-from guided_diffusion.unet import create_model
+from guided_diffusion.unet import create_model, resolve_channels_last
 from util.config import ConfigError, check_task_layout
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, numpy_rngs, torch_generators
 
@@ -47,6 +47,99 @@ def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"model config: {key} must be a positive integer, got {value!r}")
     return channels, size, size
+
+
+#: Types of the model-config keys: "posint" (an integer > 0), "heads" (an integer > 0, or -1 for
+#: "not set"), "bool", "fraction" (a number in [0, 1)), "str"; the others (channel_mult,
+#: attention_resolutions, channels_last) are parsed and checked by ``create_model``.
+MODEL_KEY_TYPES = {
+    "image_size": "posint", "num_channels": "posint", "num_res_blocks": "posint", "in_channels": "posint",
+    "num_heads": "posint", "num_head_channels": "heads", "num_heads_upsample": "heads",
+    "learn_sigma": "bool", "class_cond": "bool", "use_checkpoint": "bool", "use_scale_shift_norm": "bool",
+    "resblock_updown": "bool", "use_fp16": "bool", "use_new_attention_order": "bool",
+    "dropout": "fraction", "model_path": "str",
+}
+#: Types of the diffusion-config keys (as :data:`MODEL_KEY_TYPES`; the names and the respacing
+#: are checked by ``create_sampler``).
+DIFFUSION_KEY_TYPES = {"steps": "posint", "clip_denoised": "bool", "rescale_timesteps": "bool",
+                       "dynamic_threshold": "bool", "sampler": "str", "noise_schedule": "str",
+                       "model_mean_type": "str", "model_var_type": "str"}
+_TYPE_WORDS = {"posint": "a positive integer", "heads": "a positive integer or -1", "bool": "true or false",
+               "fraction": "a number in [0, 1)", "str": "a string"}
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if kind == "fraction":
+        return isinstance(value, (int, float)) and 0 <= value < 1
+    if kind in ("posint", "heads"):
+        return isinstance(value, int) and (value > 0 or (kind == "heads" and value == -1))
+    raise KeyError(kind)
+
+
+def check_config_types(cfg: Mapping[str, Any], types: Mapping[str, str], what: str) -> None:
+    """Check the type of every key of ``cfg`` listed in ``types`` (see :data:`MODEL_KEY_TYPES`).
+    Raises ConfigError naming the key, the value and the expected type
+    (``model config: num_channels must be a positive integer, got 1.5``)."""
+    for key, kind in types.items():
+        if key in cfg and not _type_ok(kind, cfg[key]):
+            raise ConfigError(f"{what}: {key} must be {_TYPE_WORDS[kind]}, got {cfg[key]!r}")
+
+
+def check_servable(model_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any]) -> None:
+    """Refuse model / diffusion settings that the sampler cannot serve, before anything is
+    written: a class-conditional model (``class_cond: true``; the sampler passes no class
+    labels) and ``model_var_type: learned_range`` without ``learn_sigma: true`` (the network
+    would output no variance channels). Raises ConfigError (one line)."""
+    if model_cfg.get("class_cond", False):
+        raise ConfigError("model config: class_cond: true is not supported (the sampler passes no class labels); "
+                          "use an unconditional checkpoint with class_cond: false")
+    var_type = diffusion_cfg.get("model_var_type", "learned_range")
+    if var_type == "learned_range" and not model_cfg.get("learn_sigma", False):
+        raise ConfigError("diffusion config: model_var_type learned_range needs model.learn_sigma: true (a network "
+                          "with variance outputs); set learn_sigma: true or model_var_type: fixedlarge / fixedsmall")
+
+
+def warn_random_weights(model_cfg: Mapping[str, Any]) -> bool:
+    """Log one loud warning when ``model_path`` is empty (the network gets random weights);
+    returns whether it did."""
+    if model_cfg.get("model_path", "") in ("", None):
+        log.warning("model.model_path is empty: the network has RANDOM WEIGHTS and the reconstructions are "
+                    "meaningless; set model.model_path to a checkpoint (see ckpts/README.md)")
+        return True
+    return False
+
+
+def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
+                           num_steps: int) -> bool:
+    """Log one warning when the run's number of steps differs from the one the task config was
+    tuned for (``conditioning.tuned_respacing``, e.g. ``ddim100``): ``t_div`` and a numeric
+    ``scale`` count steps, so a config tuned at 100 steps can fall below the blurred input at 20.
+    ``num_steps``: the respaced sampler's ``num_timesteps``. Returns whether it warned.
+    Raises ValueError for a ``tuned_respacing`` that is not a valid respacing."""
+    from guided_diffusion.respace import space_timesteps
+    tuned = conditioning.get("tuned_respacing")
+    if tuned in (None, ""):
+        return False
+    steps = diffusion_cfg.get("steps", 1000)
+    try:
+        tuned_steps = len(space_timesteps(steps, tuned))
+    except ValueError as exc:
+        raise ConfigError(f"task config: conditioning.tuned_respacing {tuned!r} is not a valid timestep_respacing: "
+                          f"{' '.join(str(exc).split())}") from exc
+    if tuned_steps == num_steps:
+        return False
+    params = conditioning.get("params") or {}
+    hint = ("; scale: auto adapts the step size to the respacing" if params.get("scale") != "auto" else "")
+    log.warning("task config tuned for timestep_respacing %s (%d steps) but this run takes %d steps (%s): "
+                "t_div and the scale count steps, results may be much worse%s", tuned, tuned_steps, num_steps,
+                diffusion_cfg.get("timestep_respacing", ""), hint)
+    return True
 
 
 @dataclass
@@ -167,18 +260,24 @@ def dry_run_operator(physics: Any, shape: tuple[int, int, int], seed: int,
 
 def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int,
                   measurement_dir: str | None = None) -> Problem:
-    """Build and check everything but the model from the configs {"model", "diffusion", "task"}.
+    """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
+    the task layout, the types of the model and diffusion keys, what the sampler can serve
+    (:func:`check_servable`), the sampler, measurement, solver and data.
     With ``measurement_dir`` the images are the measurements of that folder (read and checked
     now, see :mod:`util.measurement_io`) instead of ``task.data``.
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
     task = configs["task"]
     check_task_layout(task)
+    check_config_types(configs["model"], MODEL_KEY_TYPES, "model config")
+    check_config_types(configs["diffusion"], DIFFUSION_KEY_TYPES, "diffusion config")
+    check_servable(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     check_speed_settings(configs["model"])
     sampler = build_sampler(configs["diffusion"])
     physics = build_physics(task["measurement"], device)
     solver = build_solver(task["conditioning"])
+    warn_untuned_respacing(task["conditioning"], configs["diffusion"], sampler.num_timesteps)
     fixed = fixed_params(task["measurement"], shape)
     dry_run_operator(physics, shape, seed, device)
     solver.check(physics)
@@ -196,6 +295,52 @@ def check_speed_settings(model_cfg: Mapping[str, Any]) -> None:
     from guided_diffusion.precision import parse_setting
     for key in ("use_fp16", "channels_last", "compile"):
         parse_setting(model_cfg.get(key, "auto"), key)
+
+
+def _with_defaults(fn, given: Mapping[str, Any], exclude: tuple[str, ...] = ("self", "device")) -> dict:
+    """The keyword arguments ``fn`` runs with when called with ``given``, in ``fn``'s order:
+    every parameter's default, overridden by ``given``."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude and \
+                (p.name in given or p.default is not p.empty):
+            out[p.name] = given.get(p.name, p.default)
+    out.update({k: v for k, v in given.items() if k not in out})
+    return out
+
+
+def resolved_config(configs: Mapping[str, Mapping[str, Any]], problem: Problem,
+                    device: str | torch.device = "cpu") -> dict:
+    """Every parameter a run uses, defaults included, for summary.json (the configs as written
+    leave out defaulted keys such as ``eta``, ``t_div`` or ``div_ratio``).
+
+    Returns {"model": create_model's keyword arguments (with ``channels_last_used``, the memory
+    layout ``channels_last`` gives on ``device``), "diffusion": create_sampler's (``eta``
+    only for DDIM) with ``num_steps`` (network evaluations per image), "solver": {"method",
+    "params": every parameter of the solver class as the instance holds it}, "operator": the
+    operator's constructor arguments with ``name``, "noise": the noise model's with ``name`` and
+    the σ used (on [-1, 1]), "data": the data section with the image size and channels}."""
+    model = _with_defaults(create_model, configs["model"])
+    model.pop("unused", None)
+    model["channels_last_used"] = resolve_channels_last(model.get("channels_last", "auto"), device)
+    diffusion = _with_defaults(create_sampler, configs["diffusion"])
+    if diffusion.get("sampler") != "ddim":
+        diffusion.pop("eta", None)
+    diffusion["num_steps"] = int(problem.sampler.num_timesteps)
+    solver = problem.solver
+    params = {k: getattr(solver, k, spec.default) for k, spec in type(solver).params.items()}
+    measurement = configs["task"]["measurement"]
+    op_name, op_kwargs = operator_kwargs(measurement)
+    operator = {"name": op_name, **_with_defaults(type(problem.operator).__init__, op_kwargs)}
+    noise_cfg = dict(measurement.get("noise") or {"name": "clean"})
+    noise_name = noise_cfg.pop("name")
+    noise = {"name": noise_name, **_with_defaults(type(problem.noiser).__init__, noise_cfg),
+             "sigma": getattr(problem.noiser, "sigma", None)}
+    channels, size, _ = problem.image_shape
+    data = {**dict(configs["task"]["data"]), "image_size": size, "channels": channels}
+    return {"model": model, "diffusion": diffusion,
+            "solver": {"method": configs["task"]["conditioning"]["method"], "params": params},
+            "operator": operator, "noise": noise, "data": data}
 
 
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:

@@ -12,8 +12,10 @@ Outputs go to ``<save_dir>/<task>/`` named after the task config (``util.layout`
 degraded (``DIR/measurement/<name>.npy|png|jpg`` and, for per-image kernels or masks,
 ``DIR/params/<name>.npy``; a run's own output folder is such a DIR), see docs/restore.md.
 Bad input (a missing config, an unknown name or key, a missing checkpoint, an empty data folder,
-...) prints one line on stderr and exits with status 2; an interrupted run exits with 130 and
-resumes when re-run.
+...) prints one line on stderr and exits with status 2, as does an output folder that another
+run holds (a lock) or that cannot be written (a full disk, a read-only path); a run in which no
+image succeeded exits with 1; an interrupted run exits with 130 (143 for SIGTERM) and resumes
+when re-run.
 
 Several processes (GPUs, or CPU processes with gloo) split the images, image i going to rank i mod K:
 
@@ -30,6 +32,8 @@ import sys
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: A run that finished with no successful image (all unreadable or all diverged).
+EXIT_NO_IMAGE = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,12 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--gpu", type=int, default=None, help="GPU index, as in the paper's code (= --device cuda:N)")
     parser.add_argument("--batch_size", type=int, default=1,
-                        help="images sampled together (results do not depend on it)")
-    parser.add_argument("--num_images", type=int, default=None, help="the first N images of the data (default all)")
+                        help="images sampled together (each image keeps its own random streams; CoDPS / CoDPS+ "
+                             "results agree to ~1e-6, DPS / PiGDM ones may move by a few tenths of a dB: see "
+                             "docs/cli.md)")
+    parser.add_argument("--num_images", type=int, default=None,
+                        help="the first N images of the data (default all; more than there are: a warning)")
     parser.add_argument("--record", action="store_true",
                         help="save x0_hat every 10 steps and every step below 10 to progress/<image>/, and a "
                              "strip of them as progress/<image>.png")
-    parser.add_argument("--overwrite", action="store_true", help="redo images already finished in save_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start save_dir afresh: delete the outputs of the earlier run there and redo every image")
     parser.add_argument("--metric_norm", choices=("clip", "minmax"), default="clip",
                         help="map images to [0, 1] for PSNR/SSIM/LPIPS and PNGs: clip (x+1)/2 (default) or minmax "
                              "per-image stretch (the paper's code)")
@@ -171,7 +179,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command-line job; returns the exit status (0, 2 bad input, 130 interrupted).
+    """Run the command-line job; returns the exit status (0; 1 no image succeeded; 2 bad input,
+    a locked or unwritable output folder; 130 interrupted; 143 terminated by SIGTERM).
 
     Under torchrun every process returns the same status for bad input (any process's error
     stops all of them; only rank 0 prints it) and rank 0 prints the final line."""
@@ -204,20 +213,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if ctx.enabled:
         setup_logging(tag=ctx.tag())
-    try:
-        return _run(args, ctx, log, bad_input, one_line, fail)
+    from contextlib import ExitStack
+
+    from util.signals import sigterm_as_interrupt
+    try:   # the stack holds the output folder's lock until the run ends, however it ends
+        with sigterm_as_interrupt(), ExitStack() as held:
+            return _run(args, ctx, log, bad_input, one_line, fail, held)
     finally:
         ctx.close()
 
 
-def _run(args, ctx, log, bad_input, one_line, fail) -> int:
-    """The body of :func:`main` once the process group (if any) is joined."""
+def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
+    """The body of :func:`main` once the process group (if any) is joined; rank 0 enters the
+    output folder's lock into the ExitStack ``held`` before the model loads."""
     from util.distributed import DistributedError, PeerFailed
+    from util.outdir import OutputFolderError, OutputLock, describe_os_error
+    from util.signals import exit_status
     error = None
     try:
         configs, applied, device, problem = setup(args, ctx.local_rank if ctx.enabled else None)
         import torch
-        from builder import build_model
+        from builder import build_model, resolved_config, warn_random_weights
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric
         from util.layout import run_dir
@@ -228,19 +244,24 @@ def _run(args, ctx, log, bad_input, one_line, fail) -> int:
                            "--save_dir")
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
                 "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args)),
-                "measurement_dir": measured}
+                "measurement_dir": measured,
+                "resolved": _json_normalized(resolved_config(configs, problem, device))}   # defaults included
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
                              progress=ctx.is_main)
+        if ctx.is_main:   # one run at a time in a folder (OutputFolderError names the holder)
+            held.enter_context(OutputLock(out_dir))
         if not args.overwrite:   # fail before the model loads
             check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm,
                                        "measurement_dir": measured})
         torch.manual_seed(args.seed)   # random-weight models (model_path "") are reproducible too
         model = build_model(configs["model"], device)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except bad_input as exc:
+        if ctx.is_main:
+            warn_random_weights(configs["model"])
+    except KeyboardInterrupt as exc:   # Ctrl-C (130) or SIGTERM (143)
+        print("interrupted" if exit_status(exc) == EXIT_INTERRUPTED else "terminated (SIGTERM)", file=sys.stderr)
+        return exit_status(exc)
+    except bad_input + (OutputFolderError,) as exc:
         error = one_line(exc)
     try:
         failed = ctx.agree(error)
@@ -261,24 +282,33 @@ def _run(args, ctx, log, bad_input, one_line, fail) -> int:
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
                     out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device), dist=ctx,
                     fixed_params=problem.fixed_params)
+    where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:
         result = runner.run()
-    except KeyboardInterrupt:
-        print(f"interrupted; finished images are saved in {out_dir}; run the same command again to resume",
+    except KeyboardInterrupt as exc:   # Ctrl-C (130) or SIGTERM (143)
+        what = "interrupted" if exit_status(exc) == EXIT_INTERRUPTED else "terminated (SIGTERM)"
+        print(f"{what}; finished images are saved in {out_dir}; run the same command again to resume",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_status(exc)
     except PeerFailed:   # rank 0 printed why
         return EXIT_BAD_INPUT
-    except (RunConflict, PermissionError) as exc:   # e.g. a save_dir that cannot be written
-        where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
+    except RunConflict as exc:
         print(f"error: {where}{one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DistributedError as exc:
         print(f"error: process {ctx.rank}: {one_line(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:   # the output side: unwritable folder, full disk (every file is written atomically)
+        print(f"error: {where}{describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if ctx.is_main:
         print(final_line(result.summary), flush=True)
         log.info("outputs in %s (grid.png, metrics.csv, summary.json)", out_dir)
+        counts = result.summary["counts"]
+        if result.summary["num_images"] and not counts["ok"]:
+            print(f"error: no image succeeded ({counts['diverged']} diverged, {counts['unreadable']} unreadable); "
+                  f"see {os.path.join(out_dir, 'summary.json')}", file=sys.stderr)
+            return EXIT_NO_IMAGE
     return 0
 
 

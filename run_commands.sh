@@ -5,14 +5,39 @@
 # With no variables set it runs the embedded MNIST prior (CoDPS+, DDIM 100, motion deblurring)
 # on samples/mnist/ in well under a minute on a CPU.
 # Extra arguments pass through to main.py, e.g. --num_images 10 --seed 225 task.conditioning.params.scale=0.1
-# The exit status is main.py's (2: bad input such as a missing checkpoint or data folder).
+# Relative paths you pass (--save_dir, --*_config, the environment's save_dir, overrides of keys
+# ending in root, model_path, _path, _file or _dir) are taken from your working folder; the
+# default save_dir results/<dataset>/<sampling_type> and the paths inside the configs are in the
+# repository. The exit status is main.py's (2: bad input such as a missing checkpoint or data folder).
 set -u
 
 dataset="${dataset:-MNIST}"                      # MNIST, FFHQ or IMAGENET
 sampling_type="${sampling_type:-DDIM}"           # DDIM (CoDPS+) or DDPM (CoDPS; dps_* configs: DPS)
 task_config="${task_config:-motion_deblur_config}"  # any <task>_config.yaml of configs/<dataset>/<sampling_type>/
+if [ -n "${save_dir:-}" ]; then save_dir_given=1; else save_dir_given=""; fi
 save_dir="${save_dir:-results}"                  # outputs: <save_dir>/<dataset>/<sampling_type>/<task>/
 PYTHON="${PYTHON:-python}"
+
+# Paths the user gives (options, path overrides, save_dir) are relative to the caller's folder;
+# the configs' own paths (model_path, data root) stay relative to the repository, where main.py runs.
+caller_dir="$PWD"
+abs_path() { case "$1" in ""|/*|"~"*) printf '%s' "$1" ;; *) printf '%s/%s' "$caller_dir" "$1" ;; esac; }
+user_args=()
+path_option=""
+for arg in "$@"; do
+  if [ -n "$path_option" ]; then
+    arg="$(abs_path "$arg")"; path_option=""
+  else
+    case "$arg" in
+      --save_dir|--model_config|--diffusion_config|--task_config|--measurement_dir) path_option=1 ;;
+      --save_dir=*|--model_config=*|--diffusion_config=*|--task_config=*|--measurement_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
+      -*) ;;
+      *.root=*|*.model_path=*|*_path=*|*_file=*|*_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
+    esac
+  fi
+  user_args+=("$arg")
+done
+if [ -n "$save_dir_given" ]; then save_dir="$(abs_path "$save_dir")"; fi
 
 config_dir="configs/${dataset}/${sampling_type}"
 extra=()
@@ -24,7 +49,7 @@ cmd=("$PYTHON" main.py
      --model_config "${config_dir}/model_config.yaml"
      --diffusion_config "${config_dir}/diffusion_config.yaml"
      --task_config "${config_dir}/${task_config%.yaml}.yaml"
-     --save_dir "$save_dir" "${extra[@]}" "$@")
+     --save_dir "$save_dir" "${extra[@]}" "${user_args[@]}")
 
 what="dataset=${dataset} sampling_type=${sampling_type} task_config=${task_config}"
 if [ "$dataset" = MNIST ]; then

@@ -4,10 +4,11 @@ input / label / reconstruction / measurement (and the kernel or mask), score it 
 ``grid.png``, resuming where an earlier run into the same folder stopped.
 
 Image i (its position in the sorted dataset) draws its kernel or mask, its measurement noise and
-its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so results do
-not depend on the batch size or on which images share a batch. An image is finished when its
-row is in ``metrics.csv`` and its reconstruction is on disk (or its row records a divergence);
-finished images are skipped unless ``overwrite``.
+its sampler noise from generators seeded by (seed, i, stream) (``util.seeding``), so our code's
+results do not depend on the batch size or on which images share a batch (the network's batched
+kernels may change the last bits, which DPS / ΠGDM amplify: docs/cli.md, "Batch size"). An image
+is finished when its row is in ``metrics.csv`` and its reconstruction is on disk (or its row
+records a divergence); finished images are skipped unless ``overwrite``.
 
 Under ``torchrun`` (several processes, :mod:`util.distributed`) process r of K takes the images
 i with i mod K = r and writes their outputs and its rows to ``metrics.rank<r>.csv``; rank 0
@@ -36,6 +37,7 @@ from util.image_io import read_csv, save_json, save_npy, save_png, to_uint8_imag
 from util.measurement_io import set_params
 from util.metrics import LPIPSMetric, data_fit_residual, psnr, ssim, to_unit
 from util.progress import RunProgress
+from util.outdir import clear_owned
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,11 @@ OUTPUT_DIRS = ("input", "label", "recon", "params", "measurement")
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
 METRICS_CSV = "metrics.csv"
+#: What ``--overwrite`` deletes before a run: the folders and files a run writes (anything else
+#: in the folder stays).
+OWNED_DIRS = OUTPUT_DIRS + ("progress",)
+OWNED_FILES = (METRICS_CSV, "summary.json", "grid.png")
+OWNED_PATTERNS = ("metrics.rank*.csv",)
 #: Rows of process r of a multi-process run, merged into metrics.csv by rank 0 at the end (or by
 #: the next run, when the run was interrupted).
 RANK_CSV = "metrics.rank{rank}.csv"
@@ -282,7 +289,8 @@ class Runner:
         rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
         summary = {"status": status, "operator": getattr(self.operator, "name", ""),
                    "num_images": len(selection), **summarize(rows)}
-        summary["counts"]["pending"] = len(selection) - sum(self.finished(i) for i in selection)
+        summary["counts"]["pending"] = len(selection) - sum(
+            self.finished(i) or self.rows.get(image_name(i), {}).get("status") == STATUS_UNREADABLE for i in selection)
         summary.update({"metric_norm": self.opt.metric_norm, "seed": self.opt.seed,
                         "batch_size": self.opt.batch_size, "processes": self.dist.world_size,
                         "noise_sigma": getattr(self.noiser, "sigma", None)})
@@ -301,8 +309,9 @@ class Runner:
     def _prepare(self, selection: Sequence[int]) -> None:
         """Rank 0 (or a single process), before any image: create the folders, remove debris of
         a killed run, refuse a folder of another configuration (RunConflict), merge the rows of
-        an interrupted multi-process run into metrics.csv (or clear them with ``overwrite``)
-        and write summary.json with status ``running``."""
+        an interrupted multi-process run into metrics.csv (with ``overwrite``: delete every
+        file and folder a run owns, :data:`OWNED_DIRS` / :data:`OWNED_FILES`, so that no old
+        output stays next to the new summary) and write summary.json with status ``running``."""
         opt = self.opt
         for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
             if sub == "label" and self.measured:
@@ -315,10 +324,11 @@ class Runner:
             if rank_csv_files(self.out_dir):
                 self._merge_rows()
             self.rows = read_all_rows(self.out_dir)
-        else:
+        else:   # the new run owns the folder: no old PNG may stay next to the new summary
             self.rows = {}
-            for path in rank_csv_files(self.out_dir):
-                os.remove(path)
+            clear_owned(self.out_dir, OWNED_DIRS, OWNED_FILES, OWNED_PATTERNS)
+            for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
+                os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
             if self.dist.enabled:
                 write_csv(os.path.join(self.out_dir, METRICS_CSV), CSV_FIELDS, [])
         self._write_summary(selection, "running")
@@ -352,6 +362,9 @@ class Runner:
         could not prepare the folder), util.distributed.DistributedError (another process died)."""
         opt = self.opt
         selection = self.selection()
+        if opt.num_images is not None and opt.num_images > len(self.dataset) and self.dist.is_main:
+            log.warning("--num_images %d but the data holds %d images: running %d", opt.num_images,
+                        len(self.dataset), len(self.dataset))
         self._start(selection)
         mine = shard(selection, self.dist.rank, self.dist.world_size)
         pending = [i for i in mine if not self.finished(i)]
@@ -376,6 +389,13 @@ class Runner:
             if self.dist.is_main:
                 self._write_summary(selection, "interrupted")
                 self._write_grid(selection)
+            raise
+        except OSError:   # e.g. a full disk: say so in summary.json if it can still be written
+            if self.dist.is_main:
+                try:
+                    self._write_summary(selection, "failed")
+                except OSError:
+                    pass
             raise
         self.progress.close()
         self._write_rows()

@@ -14,7 +14,8 @@ Everything is timed in one process and one run, with warm-up calls and the media
 (``torch.cuda.synchronize`` around every timed call on a GPU). Networks have random weights
 (``model_path: ""``): timing does not depend on them. The tables are printed and written, with
 the machine, torch version, thread count and device, to ``benchmarks/results/speed_<device>.json``
-and ``.md`` (``speed_<device>_quick.*`` for ``--quick``).
+and ``.md`` (``--quick``: ``speed_<device>_quick.*`` in a new temporary folder unless ``--out``
+is given, so that a quick run never rewrites the committed results).
 
 What is measured:
 
@@ -744,7 +745,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--psnr_respacing", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mnist_ckpt", default=os.path.join(ROOT, "ckpts", "mnist32.pt"),
                    help="--psnr: the embedded prior's checkpoint")
-    p.add_argument("--out", default=RESULTS, help="folder of speed_<device>[_quick].json / .md")
+    p.add_argument("--out", default=None,
+                   help="folder of speed_<device>[_quick].json / .md (default: benchmarks/results for a full run; "
+                        "a new temporary folder for --quick, so that a quick run never rewrites the committed "
+                        "results)")
     p.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -758,6 +762,20 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available")
     return dev
+
+
+def output_folder(out: str | None, quick: bool) -> str:
+    """Where a run writes its results: ``out`` when given; else :data:`RESULTS` for a full run
+    and a new temporary folder (``speed_quick_*`` under the system's temp folder) for a quick
+    one, so that ``--quick`` never rewrites the committed ``benchmarks/results/`` files."""
+    if out:
+        return out
+    if not quick:
+        return RESULTS
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="speed_quick_")
+    log.info("--quick without --out: writing to %s (benchmarks/results is left as committed)", folder)
+    return folder
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -818,8 +836,9 @@ def run(args: argparse.Namespace) -> dict:
         del model
         sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
     results["wall_s"] = time.perf_counter() - start
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"speed_{device.type}{'_quick' if quick else ''}")
+    out = output_folder(args.out, quick)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"speed_{device.type}{'_quick' if quick else ''}")
     from util.image_io import atomic_write_bytes, save_json
     save_json(stem + ".json", results)
     atomic_write_bytes(stem + ".md", (report(results) + "\n").encode("utf-8"))
@@ -841,8 +860,9 @@ def run_psnr(args: argparse.Namespace, device: torch.device, start: float) -> di
     results["precision_psnr"] = precision_psnr(device, os.path.abspath(args.mnist_ckpt), tasks, args.psnr_images,
                                                respacing=args.psnr_respacing)
     results["wall_s"] = time.perf_counter() - start
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"precision_psnr_{device.type}")
+    out = output_folder(args.out, False)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"precision_psnr_{device.type}")
     from util.image_io import atomic_write_bytes, save_json
     save_json(stem + ".json", results)
     atomic_write_bytes(stem + ".md", (report(results) + "\n").encode("utf-8"))

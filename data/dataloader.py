@@ -3,9 +3,10 @@ small registry: ``ffhq``, ``imagenet`` and ``folder`` read a folder of png/jpg/j
 (recursive, sorted by relative path) or an ``.npz`` batch of uint8 N x H x W x C images (the
 ImageNet 256 reference-batch format, key ``arr_0``).
 
-Images are converted to the model's channel count (1: luminance, 3: RGB), centre-cropped to a
-square and resized to the model's image size (one warning when some were not already that size),
-and returned as (C, H, W) float32 tensors in [-1, 1]. An image that cannot be decoded raises
+Images of any PIL mode and bit depth (16-bit scaled to 8 bits, alpha dropped; see
+:func:`util.image_io.decode_image`) are converted to the model's channel count (1: luminance,
+3: RGB), centre-cropped to a square and resized to the model's image size (one warning when
+some were not already that size), and returned as (C, H, W) float32 tensors in [-1, 1]. An image that cannot be decoded raises
 :class:`UnreadableImageError` when loaded, so the caller can skip it and go on.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from util.image_io import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,10 @@ def to_model_image(img: Image.Image, image_size: int, channels: int) -> tuple[to
     """Convert a PIL image to a model input.
 
     Returns ((C, H, W) float32 in [-1, 1] with C = ``channels`` and H = W = ``image_size``,
-    whether it had to be cropped or resized). Raises ValueError for ``channels`` not in {1, 3}."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    img = img.convert("L" if channels == 1 else "RGB")
+    whether it had to be cropped or resized). Every mode and bit depth of
+    :func:`util.image_io.decode_image` is decoded (16-bit scaled to 8 bits, alpha dropped).
+    Raises ValueError for ``channels`` not in {1, 3} or an image that mode cannot decode."""
+    img = decode_image(img, channels)
     changed = img.size != (image_size, image_size)
     if changed:
         img = center_crop_resize(img, image_size)

@@ -390,12 +390,29 @@ def _parse_resolutions(attention_resolutions, image_size: int) -> list[int]:
     return out
 
 
+def _load_failure_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without PyTorch's advice to
+    retry with ``weights_only=False`` (unsafe for a file of unknown origin)."""
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global| Please use|\n|$)", text)
+    if found:
+        return (f"it holds Python objects that a weights-only load refuses ({found.group(1).strip()}); "
+                "save the model's state_dict (torch.save(model.state_dict(), path)) instead")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "weights_only" in first:   # any other form of the advice: keep only the error type
+        first = ""
+    return f"{type(exc).__name__}{': ' + first if first else ''}"
+
+
 def load_state_dict_checked(model: nn.Module, path: str, device: str | torch.device = "cpu") -> None:
     """Load a state_dict checkpoint into ``model`` with strict key and shape checking.
 
     Uses ``torch.load(path, weights_only=True)``; a dict holding an ``"ema"`` or ``"state_dict"``
     entry is unwrapped. Raises FileNotFoundError naming the path (and where the official file is
-    published), ValueError naming the first missing / unexpected / mis-shaped entry."""
+    published), ValueError naming the first missing / unexpected / mis-shaped entry, or saying in
+    one line why the file is not a weights-only checkpoint (without PyTorch's advice to retry
+    with ``weights_only=False``, unsafe for a file of unknown origin)."""
     if not os.path.isfile(path):
         where = OFFICIAL_CHECKPOINTS.get(os.path.basename(path))
         hint = f"; download it from {where} and place it at {path}" if where else \
@@ -404,7 +421,8 @@ def load_state_dict_checked(model: nn.Module, path: str, device: str | torch.dev
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # unpickling errors have many types
-        raise ValueError(f"model_path {path!r} is not a loadable state_dict checkpoint: {exc}") from exc
+        raise ValueError(f"model_path {path!r} is not a loadable weights-only state_dict checkpoint: "
+                         f"{_load_failure_reason(exc)}") from exc
     if isinstance(state, dict):
         for key in ("ema", "state_dict", "model"):
             if key in state and isinstance(state[key], dict):

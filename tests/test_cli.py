@@ -145,10 +145,16 @@ def test_resume_redoes_only_missing_images(tmp_path, monkeypatch, capsys):
         assert os.stat(p).st_mtime_ns == mtime, p
     np.testing.assert_array_equal(pixels(out / "recon" / "00001.png"), original)
     check_outputs(out, 3)
-    # --overwrite redoes everything
+    # --overwrite redoes everything, and clears what the old run wrote (no old PNG next to the new summary)
+    (out / "notes.txt").write_text("mine")
     proc = run_inproc(args + ["--overwrite", "--num_images", "1"], tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.stat(out / "recon" / "00000.png").st_mtime_ns != kept[out / "recon" / "00000.png"]
+    for sub in ("input", "label", "recon", "params"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == (["00000.npy"] if sub == "params" else ["00000.png"])
+    assert [r["image"] for r in read_rows(out / "metrics.csv")] == ["00000"]
+    assert json.loads((out / "summary.json").read_text())["num_images"] == 1
+    assert (out / "notes.txt").read_text() == "mine"   # not the run's: kept
 
 
 def test_resume_refuses_other_configs(tmp_path, monkeypatch, capsys):
@@ -207,7 +213,46 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["unreadable"] == 1 and summary["unreadable"] == ["00001"]
     assert summary["images"]["00001"] == "img_00b.png"
+    assert summary["status"] == "complete" and summary["counts"]["pending"] == 0   # it said pending 1
     assert "1 unreadable" in proc.stdout
+
+
+def test_no_image_succeeded_exits_1(tmp_path, monkeypatch, capsys):
+    """Every image unreadable: the summary line, one error line, exit status 1, consistent counts."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        (data / name).write_bytes(b"not a png")
+    proc = run_inproc(tiny_args("inpainting", data, tmp_path / "out"), tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "2 unreadable" in proc.stdout.strip().splitlines()[-1]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: no image succeeded (0 diverged, 2 unreadable); see {tmp_path / 'out' / 'inpainting' / 'summary.json'}"]
+    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["counts"] == {"ok": 0, "diverged": 0, "unreadable": 2, "pending": 0}
+
+
+def test_nan_checkpoint_diverges_and_exits_1(tmp_path, monkeypatch, capsys):
+    """A checkpoint with NaN weights: every image diverges, exit status 1 (it was 0)."""
+    import torch
+    from builder import build_model
+    from util.config import load_yaml
+    cfg = load_yaml(str(REPO / TINY_MODEL))
+    model = build_model(cfg, "cpu")
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "nan.pt")
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    args = tiny_args("inpainting", data, tmp_path / "out") + [f"model.model_path={tmp_path / 'nan.pt'}",
+                                                              "--batch_size", "2"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 diverged" in proc.stdout and "error: no image succeeded (2 diverged, 0 unreadable)" in proc.stderr
+    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 0, "diverged": 2, "unreadable": 0, "pending": 0}
 
 
 def test_diverging_sample_is_recorded(tmp_path, monkeypatch, capsys):
@@ -215,7 +260,7 @@ def test_diverging_sample_is_recorded(tmp_path, monkeypatch, capsys):
     make_images(data, n=1)
     args = tiny_args("inpainting", data, tmp_path / "out") + ["task.conditioning.params.scale=1e300"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]   # no image succeeded
     out = run_dir(tmp_path / "out", "inpainting")
     (row,) = read_rows(out / "metrics.csv")
     assert row["status"].startswith("diverged at step ") and row["psnr"] == ""
@@ -223,7 +268,7 @@ def test_diverging_sample_is_recorded(tmp_path, monkeypatch, capsys):
     # a diverged image counts as done: a re-run does not redo it
     args = tiny_args("inpainting", data, tmp_path / "out") + ["task.conditioning.params.scale=1e300"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
-    assert proc.returncode == 0 and "1 of 1 images already done" in proc.stderr
+    assert proc.returncode == 1 and "1 of 1 images already done" in proc.stderr
 
 
 def test_npz_data_and_grayscale_model(tmp_path, monkeypatch, capsys):
@@ -258,6 +303,16 @@ BAD_CASES = {
                    ["scale", "expected a number"]),
     "missing data root": (["task.data.root=/nonexistent/folder"], ["/nonexistent/folder"]),
     "bad batch size": (["--batch_size", "0"], ["--batch_size"]),
+    "class-conditional model": (["model.class_cond=true"], ["class_cond", "class labels"]),
+    "learned_range without learn_sigma": (["model.learn_sigma=false"], ["learned_range", "learn_sigma"]),
+    "float channel count": (["model.num_channels=1.5"], ["num_channels", "positive integer", "1.5"]),
+    "string block count": (["model.num_res_blocks=two"], ["num_res_blocks", "two"]),
+    "bool as channel count": (["model.num_channels=true"], ["num_channels"]),
+    "bad head count": (["model.num_head_channels=0"], ["num_head_channels", "-1"]),
+    "zero heads": (["model.num_heads=0"], ["num_heads", "positive integer"]),
+    "bad dropout": (["model.dropout=1.5"], ["dropout", "[0, 1)"]),
+    "diffusion flag type": (["diffusion.clip_denoised=1"], ["clip_denoised"]),
+    "diffusion steps type": (["diffusion.steps=1000.5"], ["steps", "positive integer"]),
 }
 
 
@@ -296,6 +351,51 @@ def test_bad_input_subprocess(bad_setup, case):
     check_untouched(bad_setup)
 
 
+def test_checkpoint_of_python_objects_is_refused_in_one_line(bad_setup, capsys, monkeypatch):
+    """A pickle of Python objects (not a weights-only state_dict): one line, without PyTorch's
+    advice to retry with weights_only=False (unsafe for an untrusted file)."""
+    import collections
+    import torch
+    path = bad_setup / "objects.pt"
+    torch.save({"state_dict": collections.Counter(a=1), "cfg": argparse_namespace()}, path)
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + [f"model.model_path={path}"]
+    line = assert_clean_failure(run_inproc(args, bad_setup, monkeypatch, capsys), "objects.pt", "weights-only")
+    assert "weights_only=False" not in line and "weights_only` set to `False" not in line
+    assert "trust" not in line and "\x1b" not in line
+    check_untouched(bad_setup)
+
+
+@pytest.mark.parametrize("line, needles", [
+    ("use_fp16: 'no'", ["use_fp16", "true or false", "'no'"]),
+    ("num_channels: 1.5", ["num_channels", "positive integer", "1.5"]),
+    ("class_cond: true", ["class_cond"])])
+def test_model_config_file_types_are_checked(bad_setup, capsys, monkeypatch, line, needles):
+    """Keys of a model config file (not only overrides) are type-checked before anything is written."""
+    key = line.split(":")[0]
+    text = "".join(f"{line}\n" if ln.startswith(key + ":") else ln
+                   for ln in (REPO / TINY_MODEL).read_text().splitlines(keepends=True))
+    cfg = bad_setup / f"model_{key}.yaml"
+    cfg.write_text(text)
+    args = tiny_args("gaussian_deblur", bad_setup / "data", bad_setup / "out") + ["--model_config", str(cfg)]
+    assert_clean_failure(run_inproc(args, bad_setup, monkeypatch, capsys), "model config", *needles)
+    check_untouched(bad_setup)
+
+
+def argparse_namespace():
+    import argparse
+    return argparse.Namespace(lr=1.0)
+
+
+def test_random_weights_are_announced(tmp_path, monkeypatch, capsys):
+    """model_path "" (e.g. an unset variable in a script) runs, with one loud warning line."""
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    proc = run_inproc(tiny_args("inpainting", data, tmp_path / "out"), tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "RANDOM WEIGHTS" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "model_path" in lines[0], proc.stderr
+
+
 def test_bad_input_empty_folder_and_mask_ratio(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     args = tiny_args("inpainting", tmp_path / "empty", tmp_path / "out")
@@ -318,3 +418,177 @@ def test_help_lists_flags(tmp_path):
         assert flag in proc.stdout
     assert TINY_MODEL and TINY_DDIM   # the tiny configs exist
     assert (REPO / TINY_MODEL).is_file() and (REPO / TINY_DDIM).is_file()
+
+
+# ---- the output folder: lock, filesystem errors, more images asked than there are, SIGTERM ------
+
+def test_second_run_into_a_locked_folder_gets_one_line(tmp_path, monkeypatch, capsys):
+    from util.outdir import OutputLock
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    out = tmp_path / "out" / "inpainting"
+    args = tiny_args("inpainting", data, tmp_path / "out")
+    with OutputLock(str(out)):   # a first run holds the folder
+        line = assert_clean_failure(run_inproc(args, tmp_path, monkeypatch, capsys), "another run",
+                                    f"pid {os.getpid()}", str(out))
+    assert "--save_dir" in line
+    assert not (tmp_path / "out").exists()   # the first run's lock created it and removed it again
+    # a lock file left by a killed run holds no lock: it is taken over
+    out.mkdir(parents=True)
+    (out / ".lock").write_text("pid 999999 on elsewhere, started 2026-01-01 00:00:00")
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / ".lock").exists() and (out / "recon" / "00000.png").is_file()
+
+
+def test_two_concurrent_runs_into_one_folder(tmp_path):
+    """Started together: one finishes, the other stops with one error line (no crash of either)."""
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    args = ["--device", "cpu", *tiny_args("inpainting", data, tmp_path / "out"), "diffusion.timestep_respacing=ddim10"]
+    procs = [subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, env=cli_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(r[0] for r in results)
+    assert all("Traceback" not in r[2] for r in results), [r[2][-2000:] for r in results]
+    if codes == [0, 2]:   # they overlapped: the second got one line naming the first
+        err = next(r[2] for r in results if r[0] == 2)
+        assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("error: another run is writing")
+    else:                  # one finished before the other started: the second resumed
+        assert codes == [0, 0]
+    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["counts"]["ok"] == 2
+
+
+@pytest.mark.parametrize("save_dir", ["/proc/codps_test_x", "/dev/null/x"])
+def test_uncreatable_save_dir_is_one_line(tmp_path, monkeypatch, capsys, save_dir):
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = tiny_args("inpainting", data, tmp_path / "unused") + ["--save_dir", save_dir]
+    assert_clean_failure(run_inproc(args, tmp_path, monkeypatch, capsys), "cannot create the output folder", save_dir)
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing a PNG (simulated): one error line, exit 2, no temporary file, and the
+    summary says the run failed (it gave two chained tracebacks)."""
+    import errno
+    import util.image_io as image_io
+    original = image_io.atomic_write_bytes
+    written = []
+
+    def full_disk(path, data):
+        if path.endswith(".png") and written:
+            # the real writer, stopped half-way: its temporary file exists when the error comes
+            def fail_after_tmp(fd, *a, **k):
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            from unittest import mock
+            with mock.patch.object(image_io.os, "fsync", fail_after_tmp):
+                return original(path, data)
+        written.append(path)
+        return original(path, data)
+
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    args = tiny_args("inpainting", data, tmp_path / "out")
+    monkeypatch.setattr(image_io, "atomic_write_bytes", full_disk)
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]   # after the progress bar's \r
+    assert len(errors) == 1 and errors[0] == proc.stderr.splitlines()[-1], proc.stderr[-3000:]
+    line = errors[0][errors[0].index("error:"):]
+    assert line.startswith("error: cannot write the outputs: no space left on device (ENOSPC) at ")
+    assert line.endswith(".png")
+    out = tmp_path / "out" / "inpainting"
+    assert not list(out.rglob("*.tmp")) and not (out / ".lock").exists()
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_more_images_asked_than_available_warns_once(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    make_images(data, n=2)
+    args = tiny_args("inpainting", data, tmp_path / "out") + ["--num_images", "100", "--batch_size", "2"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "--num_images" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "100" in lines[0] and "2 images" in lines[0], lines
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """SIGTERM during the run: status interrupted, one line, exit 143; the handler is restored."""
+    import runner
+    data = tmp_path / "data"
+    make_images(data, n=3)
+    original = runner.Runner._run_batch
+
+    def batch_then_sigterm(self, *a, **k):
+        original(self, *a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(runner.Runner, "_run_batch", batch_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    proc = run_inproc(tiny_args("inpainting", data, tmp_path / "out"), tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "SIGTERM" in ln]
+    assert len(lines) == 1 and "resume" in lines[0]
+    out = tmp_path / "out" / "inpainting"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["counts"]["ok"] == 1 and summary["counts"]["pending"] == 2
+    assert signal.getsignal(signal.SIGTERM) == before and not (out / ".lock").exists()
+
+
+def test_respacing_other_than_tuned_warns_once(tmp_path, monkeypatch, capsys):
+    """An MNIST config tuned at ddim100 run at 3 steps: one warning line naming both counts;
+    at the tuned respacing, none."""
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = ["--model_config", TINY_MODEL, "--diffusion_config", TINY_DDIM, "--task_config",
+            "configs/MNIST/DDIM/motion_deblur_config.yaml", "--save_dir", str(tmp_path / "out"),
+            f"task.data.root={data}", "--num_images", "1"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "tuned for" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0], proc.stderr[-3000:]
+    assert "ddim100 (100 steps)" in lines[0] and "takes 3 steps (ddim3)" in lines[0] and "scale: auto" in lines[0]
+    from builder import warn_untuned_respacing
+    assert not warn_untuned_respacing({"tuned_respacing": "ddim3"}, {"timestep_respacing": "ddim3"}, 3)
+    assert not warn_untuned_respacing({}, {"timestep_respacing": "ddim3"}, 3)
+
+
+def test_summary_records_the_resolved_configuration(tmp_path, monkeypatch, capsys):
+    """Defaults the config files leave out (eta, t_div, div_ratio, inv_var, use_A_AT, every model
+    key, the operator's and noise's arguments) are in summary.json["resolved"] with the values used."""
+    import yaml
+    from builder import diffusion_config_keys, model_config_keys
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    diffusion = yaml.safe_load((REPO / TINY_DDIM).read_text())
+    del diffusion["eta"]
+    (tmp_path / "diffusion.yaml").write_text(yaml.safe_dump(diffusion))
+    task = {"conditioning": {"method": "CoDPS+", "params": {"scale": 0.2}},
+            "data": {"name": "folder", "root": str(data)},
+            "measurement": {"operator": {"name": "gaussian_blur", "kernel_size": 9, "intensity": 3.0},
+                            "noise": {"name": "gaussian", "sigma": 0.05}}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    args = ["--model_config", TINY_MODEL, "--diffusion_config", str(tmp_path / "diffusion.yaml"),
+            "--task_config", str(tmp_path / "task.yaml"), "--save_dir", str(tmp_path / "out")]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "gaussian_blur" / "summary.json").read_text())
+    assert "eta" not in summary["configs"]["diffusion"]          # as written
+    res = summary["resolved"]                                       # as used
+    assert res["diffusion"]["eta"] == 1.0 and res["diffusion"]["num_steps"] == 3
+    assert set(diffusion_config_keys()) <= set(res["diffusion"])
+    assert res["solver"] == {"method": "CoDPS+", "params": {"scale": 0.2, "t_div": 0.0, "div_ratio": 1.0,
+                                                             "inv_var": res["solver"]["params"]["inv_var"],
+                                                             "use_A_AT": res["solver"]["params"]["use_A_AT"]}}
+    from solvers.codps import CoDPSPlus
+    spec = CoDPSPlus.params
+    assert res["solver"]["params"]["inv_var"] == spec["inv_var"].default
+    assert res["solver"]["params"]["use_A_AT"] == spec["use_A_AT"].default
+    assert set(model_config_keys()) <= set(res["model"]) and res["model"]["num_channels"] == 32
+    assert res["operator"]["name"] == "gaussian_blur" and res["operator"]["kernel_size"] == 9
+    assert res["noise"] == {"name": "gaussian", "sigma": 0.05}
+    assert res["data"]["image_size"] == 32 and res["data"]["channels"] == 3

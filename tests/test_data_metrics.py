@@ -144,3 +144,80 @@ def test_atomic_writes(tmp_path):
         save_npy(str(tmp_path / "keep.npy"), Boom())
     assert (tmp_path / "keep.npy").read_bytes() == b"old"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _png_rgb16(path: Path, rgb: np.ndarray) -> None:
+    """Write (H, W, 3) uint16 values as a 48-bit RGB PNG (Pillow cannot write one)."""
+    import struct
+    import zlib
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _eight_bit(v: float) -> float:
+    return v / 127.5 - 1.0
+
+
+#: file name -> (writer, expected 8-bit grey value, expected 8-bit RGB value) of a uniform image.
+def _mode_files():
+    g16 = np.full((4, 4), 30000, dtype=np.uint16)          # 30000 / 65535 of white -> 117, not 255
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.info["transparency"] = 0
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))      # pure red
+    return {
+        "i16.png": (lambda p: Image.fromarray(g16).save(p), 117, (117, 117, 117)),
+        "rgb48.png": (lambda p: _png_rgb16(p, np.stack([g16, g16 // 2, g16 * 0], -1)), None, (117, 58, 0)),
+        "l.png": (lambda p: Image.new("L", (4, 4), 77).save(p), 77, (77, 77, 77)),
+        "one.png": (lambda p: Image.new("1", (4, 4), 1).save(p), 255, (255, 255, 255)),
+        "la.png": (lambda p: Image.new("LA", (4, 4), (90, 0)).save(p), 90, (90, 90, 90)),
+        "p.png": (lambda p: pal.save(p), None, (10, 200, 30)),
+        "rgba.png": (lambda p: Image.new("RGBA", (4, 4), (10, 20, 30, 0)).save(p), None, (10, 20, 30)),
+        "rgb.png": (lambda p: Image.new("RGB", (4, 4), (10, 20, 30)).save(p), None, (10, 20, 30)),
+        "cmyk.jpg": (lambda p: cmyk.save(p, quality=100), None, (255, 0, 0)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_mode_files()))
+def test_every_mode_and_bit_depth_decodes_to_its_values(tmp_path, name):
+    """Files of every PIL mode a png / jpg can hold load with their values: a 16-bit grey 30000 of
+    65535 becomes 117 of 255 (it was read as white, 255), alpha is dropped, palettes are looked up."""
+    write, grey, rgb = _mode_files()[name]
+    write(tmp_path / name)
+    with Image.open(tmp_path / name) as img:
+        mode = img.mode
+    x3 = get_dataset("folder", str(tmp_path), image_size=4, channels=3).load(0)
+    tol = 2.5 / 127.5 if name.endswith(".jpg") else 1e-6
+    np.testing.assert_allclose(x3.numpy(), np.broadcast_to(np.array([_eight_bit(v) for v in rgb],
+                                                                    dtype=np.float32)[:, None, None], (3, 4, 4)),
+                               atol=tol, err_msg=mode)
+    x1 = get_dataset("folder", str(tmp_path), image_size=4, channels=1).load(0)
+    expect = grey if grey is not None else round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+    np.testing.assert_allclose(x1.numpy(), _eight_bit(expect), atol=max(tol, 1 / 127.5), err_msg=mode)
+
+
+@pytest.mark.parametrize("mode, value, expect", [
+    ("F", 0.5, 128), ("I;16B", 65535, 255), ("I;16L", 257, 1), ("RGBX", (10, 20, 30, 0), 18), ("I", 30000, 117),
+    ("YCbCr", (100, 128, 128), 100), ("HSV", (0, 0, 200), 200), ("La", (100, 255), 100),
+    ("RGBa", (50, 50, 50, 255), 50), ("PA", None, 0)])
+def test_in_memory_modes_decode(mode, value, expect):
+    from data.dataloader import to_model_image
+    img = Image.new(mode, (2, 2)) if value is None else Image.new(mode, (2, 2), value)
+    x, changed = to_model_image(img, 2, 1)
+    assert not changed
+    np.testing.assert_allclose(x.numpy(), _eight_bit(expect), atol=1.01 / 127.5)
+
+
+@pytest.mark.parametrize("mode, value, needle", [
+    ("F", 2.0, "outside [0, 1]"), ("F", float("nan"), "not finite"), ("I", 70000, "16-bit"), ("I", -1, "16-bit"),
+    ("LAB", (50, 0, 0), "unsupported image mode 'LAB'")])
+def test_undecodable_modes_are_refused_in_one_line(mode, value, needle):
+    from data.dataloader import to_model_image
+    with pytest.raises(ValueError, match=__import__("re").escape(needle)) as info:
+        to_model_image(Image.new(mode, (2, 2), value), 2, 3)
+    assert "\n" not in str(info.value)

@@ -128,3 +128,24 @@ def test_mnist_pigdm_configs_ship_with_the_codps_measurement(task):
     assert set(cfg["conditioning"]["params"]) == set(PiGDM.params)
     assert cfg["measurement"] == codps["measurement"] and cfg["data"] == codps["data"]
     assert "untuned" in path.read_text(encoding="utf-8").lower()
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "DDPM"])
+def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
+    """Every tuned MNIST task config says which timestep_respacing its scale / t_div were tuned
+    at, and it is the shipped diffusion config's (so the default run gives no warning); the
+    ΠGDM configs, marked UNTUNED, have nothing to record."""
+    from builder import warn_untuned_respacing
+    from guided_diffusion.gaussian_diffusion import create_sampler
+    d = REPO / "configs" / "MNIST" / sampler
+    diffusion = load_yaml(str(d / "diffusion_config.yaml"))
+    steps = create_sampler(**diffusion).num_timesteps
+    tasks = sorted(p for p in d.glob("*_config.yaml") if p.name not in ("model_config.yaml", "diffusion_config.yaml"))
+    assert len(tasks) >= 6
+    for path in tasks:
+        cond = load_yaml(str(path))["conditioning"]
+        if "untuned" in path.read_text(encoding="utf-8").lower():
+            assert "tuned_respacing" not in cond, path.name
+            continue
+        assert str(cond.get("tuned_respacing")) == str(diffusion["timestep_respacing"]), path.name
+        assert not warn_untuned_respacing(cond, diffusion, steps)

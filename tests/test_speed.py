@@ -143,3 +143,17 @@ def test_psnr_mode(tmp_path):
     row = res["precision_psnr"]["tasks"][0]
     assert row["images"] == 2 and res["precision_psnr"]["steps"] == 3
     assert abs(row["mean_diff_db"]) < 1.0 and row["psnr_fp32"] > 0
+
+
+def test_quick_run_does_not_write_into_committed_results(tmp_path, monkeypatch):
+    """``--quick`` without ``--out`` writes to a new temporary folder, never benchmarks/results/
+    (whose files are committed); a full run and an explicit ``--out`` keep their folders."""
+    import tempfile
+    from benchmarks import speed
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert speed.parse_args(["--quick"]).out is None
+    quick = speed.output_folder(None, quick=True)
+    assert os.path.isdir(quick) and os.path.dirname(quick) == str(tmp_path)
+    assert os.path.abspath(quick) != os.path.abspath(speed.RESULTS)
+    assert speed.output_folder(None, quick=False) == speed.RESULTS
+    assert speed.output_folder(str(tmp_path / "x"), quick=True) == str(tmp_path / "x")

@@ -28,10 +28,15 @@ FLEXIBLE_KEYS = frozenset({"channel_mult", "attention_resolutions", "timestep_re
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
-    "conditioning": {"method": str, "params": None, "tuned": None},
+    "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
 }
+
+#: The value that may replace a number or a bool (and be replaced by one) in an override, e.g.
+#: ``task.conditioning.params.scale=auto`` or ``model.channels_last=auto``; the component that
+#: reads the key decides whether ``auto`` is valid there.
+AUTO = "auto"
 
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
@@ -112,13 +117,14 @@ def _kind(value: Any) -> str:
 
 
 def _coerce(key: str, old: Any, new: Any, where: str) -> Any:
-    """Check that ``new`` may replace ``old`` (same kind, or a flexible key) and return it in
-    ``old``'s container type (a list replacing a tuple becomes a tuple). Raises ConfigError."""
+    """Check that ``new`` may replace ``old`` (same kind, a flexible key, or :data:`AUTO` in
+    place of a number or bool and back) and return it in ``old``'s container type (a list
+    replacing a tuple becomes a tuple). Raises ConfigError."""
     if key in FLEXIBLE_KEYS and _kind(new) in ("number", "str", "sequence"):
         return new
     ok, nk = _kind(old), _kind(new)
-    if {ok, nk} == {"bool", "str"} and "auto" in (str(old).strip().lower(), str(new).strip().lower()):
-        return new   # a true / false / auto setting (model.use_fp16, channels_last, compile)
+    if AUTO in (old, new) and {ok, nk} <= {"number", "bool", "str"}:   # scale: auto <-> 0.1; the component checks
+        return new
     if ok == "none" or ok == nk:
         if isinstance(old, tuple) and isinstance(new, list):
             return tuple(new)
@@ -201,7 +207,9 @@ def apply_overrides(configs: dict[str, dict], assignments: Iterable[str],
 def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> None:
     """Check a task config against :data:`TASK_LAYOUT`: the sections ``conditioning`` (with
     ``method``), ``data`` (with ``name``) and ``measurement`` (with ``operator`` holding ``name``)
-    must be present and no unknown section may appear. Raises ConfigError listing valid keys."""
+    must be present and no unknown section may appear. ``conditioning.tuned_respacing``
+    (optional, ours: the ``timestep_respacing`` the params were tuned at, e.g. ``ddim100``) must
+    be a string or an integer. Raises ConfigError listing valid keys."""
     for key in task:
         if key not in TASK_LAYOUT:
             raise ConfigError(f"{path}: unknown section {key!r}; valid sections: {', '.join(TASK_LAYOUT)}")
@@ -212,7 +220,8 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
             raise ConfigError(f"{path}: missing {section}.{key}")
     for key in task["conditioning"]:
         if key not in TASK_LAYOUT["conditioning"]:
-            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: method, params, tuned")
+            raise ConfigError(f"{path}: unknown key conditioning.{key}; valid keys: "
+                              f"{', '.join(TASK_LAYOUT['conditioning'])}")
     for key in task["measurement"]:
         if key not in TASK_LAYOUT["measurement"]:
             raise ConfigError(f"{path}: unknown key measurement.{key}; valid keys: operator, noise")
@@ -230,6 +239,11 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
         raise ConfigError(f"{path}: conditioning.tuned must map a timestep_respacing (e.g. ddim20) to a mapping "
                           "of parameters")
 
+    tuned = task["conditioning"].get("tuned_respacing")
+    if tuned is not None and (isinstance(tuned, bool) or not isinstance(tuned, (str, int))):
+        raise ConfigError(f"{path}: conditioning.tuned_respacing must be a timestep_respacing like ddim100 or "
+                          f"250, got {tuned!r}")
+
 
 def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = ()) -> dict:
     """The task config as it runs at ``timestep_respacing`` = ``respacing``: a deep copy with
@@ -243,8 +257,10 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
         keep: parameter names set explicitly (e.g. on the command line); they are not replaced.
 
     Returns:
-        The resolved task config. When ``tuned`` exists but has no entry for ``respacing``, one
-        warning line says that the step-counted values of ``params`` are used as they are.
+        The resolved task config, with ``conditioning.tuned_respacing`` set to ``respacing``
+        when an entry was applied. When ``tuned`` exists but has no entry for ``respacing``,
+        ``params`` are used as they are and one warning line says so (here, or, when the config
+        records ``tuned_respacing``, in ``builder.warn_untuned_respacing``).
 
     Raises:
         ConfigError: ``tuned`` is not a mapping of mappings.
@@ -253,7 +269,7 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
         >>> cfg = {"conditioning": {"method": "CoDPS+", "params": {"scale": 0.2, "t_div": 15},
         ...                         "tuned": {"ddim20": {"scale": 0.5, "t_div": 3}}}}
         >>> apply_tuned(cfg, "ddim20")["conditioning"]
-        {'method': 'CoDPS+', 'params': {'scale': 0.5, 't_div': 3}}
+        {'method': 'CoDPS+', 'params': {'scale': 0.5, 't_div': 3}, 'tuned_respacing': 'ddim20'}
         >>> apply_tuned(cfg, "ddim20", keep=["scale"])["conditioning"]["params"]
         {'scale': 0.2, 't_div': 3}
     """
@@ -268,6 +284,8 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
     table = {str(k): v for k, v in tuned.items()}
     entry = table.get(str(respacing))
     if entry is None:
+        if cond.get("tuned_respacing") is not None:
+            return out   # builder.warn_untuned_respacing says it, once
         log.warning("task config has tuned values for timestep_respacing %s but not for %s; using "
                     "conditioning.params as they are (step-counted values such as t_div may not fit)",
                     ", ".join(table), respacing)
@@ -276,6 +294,7 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
     params = dict(cond.get("params") or {})
     params.update({k: v for k, v in entry.items() if k not in keep})
     cond["params"] = params
+    cond["tuned_respacing"] = respacing   # these values were tuned for this step count
     return out
 
 

@@ -1,6 +1,10 @@
-"""Atomic writes of the run's outputs (PNG images, ``.npy`` kernels and masks, the metrics CSV,
-JSON summaries): each file is written to a temporary name in its folder and renamed over the
-target, so an interrupted run never leaves a half-written file."""
+"""Image decoding and atomic writes of the run's outputs.
+
+:func:`decode_image` turns a decoded PIL image of any mode and bit depth the data loaders may
+meet into an 8-bit ``L`` or ``RGB`` image (16-bit images scaled, not clipped) or refuses it.
+The writers (PNG images, ``.npy`` kernels and masks, the metrics CSV, JSON summaries) write each
+file to a temporary name in its folder and rename it over the target, so an interrupted run
+never leaves a half-written file."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +17,66 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+
+#: PIL modes that PIL itself converts correctly to 8-bit ``L`` / ``RGB`` (alpha is dropped;
+#: ``P``/``PA`` through their palette, ``CMYK``/``YCbCr``/``HSV`` by PIL's colour conversion).
+EIGHT_BIT_MODES = ("1", "L", "P", "PA", "LA", "RGB", "RGBX", "RGBA", "CMYK", "YCbCr", "HSV")
+#: Premultiplied-alpha modes: un-premultiplied (to ``LA`` / ``RGBA``) before the alpha is dropped.
+PREMULTIPLIED_MODES = {"La": "LA", "RGBa": "RGBA"}
+#: 16-bit integer modes: scaled by 255 / 65535 (30000 -> 117, not clipped to 255).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Every mode :func:`decode_image` accepts ("I": 32-bit integers holding 16-bit values, as older
+#: Pillow versions open 16-bit PNGs; "F": 32-bit floats in [0, 1]).
+DECODABLE_MODES = EIGHT_BIT_MODES + tuple(PREMULTIPLIED_MODES) + SIXTEEN_BIT_MODES + ("I", "F")
+
+
+def decode_image(img: Image.Image, channels: int) -> Image.Image:
+    """Convert a decoded PIL image to 8 bits per channel with ``channels`` channels.
+
+    Args:
+        img: a PIL image in one of :data:`DECODABLE_MODES`.
+        channels: 1 (``L``, ITU-R 601 luma for colour images) or 3 (``RGB``; grey replicated).
+    Returns:
+        A PIL image of mode ``L`` (channels 1) or ``RGB`` (channels 3). 8-bit modes go through
+        PIL's own conversion; an alpha channel is dropped. 16-bit modes (``I;16*``, and ``I``
+        holding values in [0, 65535]) are scaled by 255 / 65535 with rounding; ``F`` in [0, 1]
+        is scaled by 255.
+    Raises:
+        ValueError (one line) for ``channels`` not in {1, 3}, a mode not in
+        :data:`DECODABLE_MODES` (e.g. ``LAB``), an ``I`` image with values outside [0, 65535]
+        or an ``F`` image with values outside [0, 1] or not finite.
+
+    >>> import numpy as np
+    >>> img = Image.fromarray(np.full((2, 2), 30000, dtype=np.uint16))
+    >>> img.mode, np.asarray(decode_image(img, 1))[0, 0].item()
+    ('I;16', 117)
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    target = "L" if channels == 1 else "RGB"
+    mode = img.mode
+    if mode in PREMULTIPLIED_MODES:
+        img, mode = img.convert(PREMULTIPLIED_MODES[mode]), PREMULTIPLIED_MODES[mode]
+    if mode in EIGHT_BIT_MODES:
+        if mode in ("P", "PA"):   # through RGBA: PIL warns when a palette's transparency is dropped directly
+            img = img.convert("RGBA")
+        return img.convert(target)   # drops an alpha channel
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer image (mode I) with values in [{arr.min()}, {arr.max()}]; "
+                             "only 16-bit values [0, 65535] are supported")
+        pixels = np.rint(arr * (255.0 / 65535.0)).astype(np.uint8)
+    elif mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
+            raise ValueError("32-bit float image (mode F) with values outside [0, 1] or not finite; "
+                             "only floats in [0, 1] are supported")
+        pixels = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image mode {mode!r}; supported: {', '.join(DECODABLE_MODES)}")
+    return Image.fromarray(pixels, mode="L").convert(target)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
