@@ -52,11 +52,12 @@ def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
 #: Types of the model-config keys: "posint" (an integer > 0), "heads" (an integer > 0, or -1 for
 #: "not set"), "bool", "fraction" (a number in [0, 1)), "str"; the others (channel_mult,
 #: attention_resolutions, channels_last) are parsed and checked by ``create_model``.
+#: (``use_fp16``, ``channels_last`` and ``compile`` take true / false / auto: :func:`check_speed_settings`.)
 MODEL_KEY_TYPES = {
     "image_size": "posint", "num_channels": "posint", "num_res_blocks": "posint", "in_channels": "posint",
     "num_heads": "posint", "num_head_channels": "heads", "num_heads_upsample": "heads",
     "learn_sigma": "bool", "class_cond": "bool", "use_checkpoint": "bool", "use_scale_shift_norm": "bool",
-    "resblock_updown": "bool", "use_fp16": "bool", "use_new_attention_order": "bool",
+    "resblock_updown": "bool", "use_new_attention_order": "bool",
     "dropout": "fraction", "model_path": "str",
 }
 #: Types of the diffusion-config keys (as :data:`MODEL_KEY_TYPES`; the names and the respacing

@@ -228,8 +228,8 @@ def test_no_image_succeeded_exits_1(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in proc.stderr
     assert "2 unreadable" in proc.stdout.strip().splitlines()[-1]
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
-        f"error: no image succeeded (0 diverged, 2 unreadable); see {tmp_path / 'out' / 'inpainting' / 'summary.json'}"]
-    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+        f"error: no image succeeded (0 diverged, 2 unreadable); see {run_dir(tmp_path / 'out', 'inpainting') / 'summary.json'}"]
+    summary = json.loads((run_dir(tmp_path / "out", "inpainting") / "summary.json").read_text())
     assert summary["status"] == "complete"
     assert summary["counts"] == {"ok": 0, "diverged": 0, "unreadable": 2, "pending": 0}
 
@@ -251,7 +251,7 @@ def test_nan_checkpoint_diverges_and_exits_1(tmp_path, monkeypatch, capsys):
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "2 diverged" in proc.stdout and "error: no image succeeded (2 diverged, 0 unreadable)" in proc.stderr
-    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    summary = json.loads((run_dir(tmp_path / "out", "inpainting") / "summary.json").read_text())
     assert summary["counts"] == {"ok": 0, "diverged": 2, "unreadable": 0, "pending": 0}
 
 
@@ -426,7 +426,7 @@ def test_second_run_into_a_locked_folder_gets_one_line(tmp_path, monkeypatch, ca
     from util.outdir import OutputLock
     data = tmp_path / "data"
     make_images(data, n=1)
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     args = tiny_args("inpainting", data, tmp_path / "out")
     with OutputLock(str(out)):   # a first run holds the folder
         line = assert_clean_failure(run_inproc(args, tmp_path, monkeypatch, capsys), "another run",
@@ -459,7 +459,7 @@ def test_two_concurrent_runs_into_one_folder(tmp_path):
         assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("error: another run is writing")
     else:                  # one finished before the other started: the second resumed
         assert codes == [0, 0]
-    summary = json.loads((tmp_path / "out" / "inpainting" / "summary.json").read_text())
+    summary = json.loads((run_dir(tmp_path / "out", "inpainting") / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["counts"]["ok"] == 2
 
 
@@ -501,7 +501,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monkeyp
     line = errors[0][errors[0].index("error:"):]
     assert line.startswith("error: cannot write the outputs: no space left on device (ENOSPC) at ")
     assert line.endswith(".png")
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     assert not list(out.rglob("*.tmp")) and not (out / ".lock").exists()
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
@@ -533,7 +533,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "SIGTERM" in ln]
     assert len(lines) == 1 and "resume" in lines[0]
-    out = tmp_path / "out" / "inpainting"
+    out = run_dir(tmp_path / "out", "inpainting")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["counts"]["ok"] == 1 and summary["counts"]["pending"] == 2
     assert signal.getsignal(signal.SIGTERM) == before and not (out / ".lock").exists()
@@ -576,7 +576,7 @@ def test_summary_records_the_resolved_configuration(tmp_path, monkeypatch, capsy
             "--task_config", str(tmp_path / "task.yaml"), "--save_dir", str(tmp_path / "out")]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "gaussian_blur" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "task" / "summary.json").read_text())
     assert "eta" not in summary["configs"]["diffusion"]          # as written
     res = summary["resolved"]                                       # as used
     assert res["diffusion"]["eta"] == 1.0 and res["diffusion"]["num_steps"] == 3

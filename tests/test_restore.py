@@ -383,5 +383,6 @@ def test_batch_command_runs_exactly_the_configs_each_folder_has(tmp_path):
                       for p in (REPO / "configs" / d).glob("*_config.yaml")
                       if p.name not in ("model_config.yaml", "diffusion_config.yaml"))
     assert run == expected and any("super_resolution_x4" in r for r in run)
-    assert all("--save_dir out " in line for line in proc.stdout.splitlines() if line.startswith("main.py"))
+    # save_base_dir is the caller's (here the repository) folder, made absolute
+    assert all(f"--save_dir {REPO / 'out'} " in line for line in proc.stdout.splitlines() if line.startswith("main.py"))
     assert proc.stdout.strip().splitlines()[-1] == f"{len(expected)} runs, {len(expected)} passed, 0 failed"
