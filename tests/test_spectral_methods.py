@@ -236,3 +236,22 @@ def test_parameters_and_refusals():
             get_solver(name).check(big)
     get_solver("DiffPIR").check(big)
     assert all(not get_solver(n).needs_grad for n in ("DDRM", "DDNM", "DiffPIR"))
+
+
+@pytest.mark.parametrize("name", ["DDRM", "DDNM", "DiffPIR"])
+def test_same_seed_same_result_whatever_the_batch(name):
+    """Motion blur with per-image kernels: image i restored in a batch of 3 equals image i alone."""
+    from test_framework import Net, SAMPLERS
+    from util.seeding import STREAM_NOISE
+
+    def restore(indices):
+        phys = Physics(get_operator("motion_blur", kernel_size=5, intensity=0.5), get_noise("gaussian", sigma=0.05))
+        x = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1)[indices]
+        y = phys.measure(x, numpy_rngs(5, indices, STREAM_OPERATOR), torch_generators(5, indices, STREAM_NOISE))
+        gens = torch_generators(9, indices, STREAM_SAMPLER)
+        return sample(Net(), create_sampler(**SAMPLERS["ddim"]), randn((1, 8, 8), gens), y, get_solver(name),
+                      phys, gens, progress=False).x0
+
+    batch = restore([0, 1, 2])
+    for k in range(3):
+        torch.testing.assert_close(batch[k], restore([k])[0], rtol=1e-4, atol=1e-4)
