@@ -15,7 +15,7 @@ import torch
 from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
 
 
-@register_solver("DDNM", "ddnm", "DDNM+")
+@register_solver("DDNM", "DDNM+")
 class DDNM(Solver):
     """DDNM+ step (Wang et al. 2023, §3.3 eqs. 17–19 and appendix eq. 51, in the SVD form of the
     reference code), DDIM-style with the DDNM η.

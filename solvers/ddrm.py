@@ -13,7 +13,7 @@ import torch
 from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
 
 
-@register_solver("DDRM", "ddrm")
+@register_solver("DDRM")
 class DDRM(Solver):
     """DDRM step (Kawar et al. 2022, §4.2, the variational conditionals of eqs. 7–8, in the
     "efficient" form of the reference code that keeps the sampler's x_T).

@@ -18,7 +18,7 @@ from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, 
 SIGMA_FLOOR = 1e-3
 
 
-@register_solver("DiffPIR", "diffpir")
+@register_solver("DiffPIR")
 class DiffPIR(Solver):
     """DiffPIR step (Zhu et al. 2023, Algorithm 1, with the data subproblem of §3 solved exactly):
 

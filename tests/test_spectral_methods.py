@@ -255,3 +255,12 @@ def test_same_seed_same_result_whatever_the_batch(name):
     batch = restore([0, 1, 2])
     for k in range(3):
         torch.testing.assert_close(batch[k], restore([k])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_gmm_benchmark_method_filter(capsys):
+    """benchmarks.gmm --methods: an unknown name fails with exit 2 and lists the valid ones; the
+    three methods are in its list, on DDIM 100."""
+    from benchmarks import gmm as bench
+    assert bench.main(["--methods", "nope"]) == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err
+    assert {m.solver for m in bench.METHODS if m.samplers == ("DDIM 100",)} >= {"DDRM", "DDNM", "DiffPIR"}
