@@ -651,13 +651,12 @@ def md_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> s
 
 
 def _dc_columns(rows: Sequence[dict]) -> list[str]:
-    """Solver names with a ``<name>_ms`` entry in the data-consistency rows, in first-seen order."""
-    names: list[str] = []
-    for row in rows:
-        for key in row:
-            if key.endswith("_ms") and key not in ("A_ms", "AT_ms", "cov_solve_ms") and key[:-3] not in names:
-                names.append(key[:-3])
-    return names
+    """Solver names with a ``<name>_ms`` entry in the data-consistency rows: CoDPS, CoDPS+ first, then
+    alphabetical (as :func:`dc_solvers`)."""
+    names = {key[:-3] for row in rows for key in row
+             if key.endswith("_ms") and key not in ("A_ms", "AT_ms", "cov_solve_ms")}
+    first = ("CoDPS", "CoDPS+")
+    return sorted(names, key=lambda n: (n not in first, first.index(n) if n in first else 0, n.lower()))
 
 
 def report(results: dict) -> str:

@@ -264,3 +264,15 @@ def test_gmm_benchmark_method_filter(capsys):
     assert bench.main(["--methods", "nope"]) == 2
     assert "unknown method(s) nope" in capsys.readouterr().err
     assert {m.solver for m in bench.METHODS if m.samplers == ("DDIM 100",)} >= {"DDRM", "DDNM", "DiffPIR"}
+
+
+def test_large_dense_operator_has_no_view_and_is_refused():
+    """A dense operator on more than DENSE_SVD_MAX_DIM values gives no spectral view (its full SVD
+    would not fit in memory), so DDRM refuses it with a clear error instead of allocating d × d."""
+    from operators.spectral import DENSE_SVD_MAX_DIM
+    d = DENSE_SVD_MAX_DIM + 4
+    phys = Physics(get_operator("dense", rows=3, seed=0), get_noise("gaussian", sigma=0.05))
+    phys.draw(None, (1, d, 1, 1))
+    assert phys.spectral is None
+    with pytest.raises(ValueError, match="spectral view"):
+        get_solver("DDRM").check(phys)
