@@ -41,7 +41,7 @@ class DDRM(Solver):
     proposal and η are not used.
 
     Parameters (paper defaults, §5):
-        eta (float >= 0, default 0.85): η (``etaA`` = ``etaC`` of the reference code).
+        eta (float in [0, 1], default 0.85): η (``etaA`` = ``etaC`` of the reference code).
         eta_b (float >= 0, default 1.0): η_b (``etaB``).
 
     Needs ``physics.spectral`` (circular blur, super-resolution, inpainting, identity, dense, or a
@@ -66,6 +66,11 @@ class DDRM(Solver):
     needs_grad = False
     params = {"eta": Param(0.85, "nonneg", "η: noise of the unconditional / noisy-measurement coefficients"),
               "eta_b": Param(1.0, "nonneg", "η_b: weight of the measurement where it is more precise than the diffusion")}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.eta > 1.0:
+            raise ValueError(f"solver {self.name!r} parameter 'eta' must be <= 1, got {self.eta!r}")
 
     def check(self, physics: Any) -> None:
         """Needs a spectral view and a noise model with a real σ_n >= 0."""
@@ -92,7 +97,7 @@ class DDRM(Solver):
             sig = ((1.0 - a_prev).clamp(min=0) / a_prev).sqrt()           # σ_{t-1}, VE scale
             sy = float(physics.sigma_n)
             eta, eta_b = self.eta, self.eta_b
-            keep = (1.0 - eta ** 2) ** 0.5 if eta <= 1.0 else 0.0
+            keep = (1.0 - eta ** 2) ** 0.5
             null = x0c + keep * sig * epsc + eta * sig * noise
             # σ_y / s_i, inf on the null space (never "more precise")
             sy_over_s = torch.where(pos, sy / s_safe, torch.full_like(s, float("inf")))

@@ -213,8 +213,9 @@ def test_noiseless_inpainting_final_sample_is_consistent():
 def test_parameters_and_refusals():
     """Bad parameters raise one clear error; DDRM / DDNM refuse an operator without a spectral
     view, DiffPIR runs on it (conjugate gradients)."""
-    with pytest.raises(ValueError, match="eta"):
-        get_solver("DDNM", eta=1.5)
+    for name in ("DDNM", "DDRM"):
+        with pytest.raises(ValueError, match="eta"):
+            get_solver(name, eta=1.5)
     with pytest.raises(ValueError, match="zeta"):
         get_solver("DiffPIR", zeta=2.0)
     with pytest.raises(ValueError, match="lam"):
