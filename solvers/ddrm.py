@@ -15,7 +15,8 @@ from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, 
 
 @register_solver("DDRM")
 class DDRM(Solver):
-    """DDRM step (Kawar et al. 2022, §4.2, the variational conditionals of eqs. 7–8, in the
+    """DDRM step (Kawar et al. 2022, §4.2, the variational conditionals of eqs. 7–8 (numbering of
+    arXiv:2201.11793v3 as we read it; the formulas follow the reference code), in the
     "efficient" form of the reference code that keeps the sampler's x_T).
 
     DDRM works in the variance-exploding view of the VP process: x̃_t = x_t / √ᾱ_t = x_0 + σ_t ε
