@@ -71,7 +71,9 @@ class Method:
 #: The methods. "paper" = the FFHQ configs' values (configs/FFHQ/DDPM for CoDPS, /DDIM for
 #: CoDPS+), each on the sampler the paper pairs it with; "auto" = scale auto with inv_var = 1,
 #: the precision of every mixture component; DPS with its FFHQ config's ζ = 0.3 (not tuned);
-#: ΠGDM with guidance weight 1 (the exact likelihood-score weight).
+#: ΠGDM with guidance weight 1 (the exact likelihood-score weight); DDRM, DDNM+ and DiffPIR with
+#: their papers' defaults (η = 0.85, η_b = 1; η = 0.85; λ = 7, ζ = 0.3), on DDIM 100 only (they
+#: replace the sampler's update with their own, so the sampler only sets the time grid).
 METHODS = (
     Method("prior (no data)", "none", {}),
     Method("CoDPS (paper)", "CoDPS", dict(scale=0.01, t_div=200, div_ratio=10, inv_var=0.1), ("DDPM 1000",)),
@@ -80,6 +82,9 @@ METHODS = (
     Method("CoDPS+ (auto)", "CoDPS+", dict(scale="auto", inv_var=1.0)),
     Method("DPS", "DPS", dict(scale=0.3)),
     Method("ΠGDM", "PiGDM", dict(scale=1.0)),
+    Method("DDRM", "DDRM", dict(eta=0.85, eta_b=1.0), ("DDIM 100",)),
+    Method("DDNM+", "DDNM", dict(eta=0.85), ("DDIM 100",)),
+    Method("DiffPIR", "DiffPIR", dict(lam=7.0, zeta=0.3), ("DDIM 100",)),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
 EXACT = "exact (floor)"
@@ -580,6 +585,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--refloor", action="store_true",
                    help="with --combine: recompute the exact floor of every problem of the merged grid "
                         "(cheap: exact sampling only), replacing older exact rows")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="subset of the methods, by label or solver name, case-insensitive (default: all; the "
+                        "prior and the exact reference rows are always included)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -608,6 +616,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: --refloor only works with --combine (a run computes its floor anyway)", file=sys.stderr)
         return 2
     samplers = tuple(args.samplers or SAMPLERS)
+    methods = METHODS
+    if args.methods:
+        wanted = {w.lower() for w in args.methods}
+        known = {m.label.lower() for m in METHODS} | {m.solver.lower() for m in METHODS}
+        unknown = sorted(wanted - known)
+        if unknown:
+            print(f"error: --methods: unknown method(s) {', '.join(unknown)}; valid: "
+                  f"{', '.join(m.label for m in METHODS)} (or their solver names)", file=sys.stderr)
+            return 2
+        methods = tuple(m for m in METHODS if m.solver == "none" or m.label.lower() in wanted
+                        or m.solver.lower() in wanted)
     command = "python -m benchmarks.gmm" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
     if args.combine:
@@ -621,7 +640,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               flush=True)
 
     rows = run(settings["dims"], settings["ms"], settings["sigmas"], settings["samples"], settings["projections"],
-               seed=args.seed, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"],
+               seed=args.seed, methods=methods, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"],
                floor_draws=settings["floor_draws"], report=report)
     elapsed = time.perf_counter() - start
     stem = args.name or ("gmm_quick" if args.quick else "gmm")

@@ -26,8 +26,8 @@ What is measured:
   the network forward (a timing wrapper around the model) and the rest. ``overhead`` is
   (step − plain step) / plain step computed from the non-network parts, which the network's
   run-to-run noise does not blur.
-- **data consistency**: the solver call alone (CoDPS, CoDPS+: no network, no autograd, under
-  ``torch.inference_mode``) and A, Aᵀ, (σ²I + r²AAᵀ)⁻¹ alone, against one network forward.
+- **data consistency**: the solver call alone for every closed-form solver of the registry
+  (CoDPS, CoDPS+, DDRM, DDNM, DiffPIR, ...: no network, no autograd, under ``torch.inference_mode``) and A, Aᵀ, (σ²I + r²AAᵀ)⁻¹ alone, against one network forward.
 - **memory**: peak memory of a two-step run per solver, each in its own subprocess (CPU: peak
   RSS, ``resource.getrusage``; CUDA: ``torch.cuda.max_memory_allocated``).
 - **batch**: a CoDPS+ step for N = 1, 2, 4, 8 images (while memory allows), the network calls
@@ -251,6 +251,15 @@ def make_measurement(name: str, kwargs: dict, shape: Sequence[int], device: torc
     return Measurement(name, physics, x, y)
 
 
+def dc_solvers() -> list[str]:
+    """The registered solvers without gradient through the network (not ``none``), CoDPS and CoDPS+
+    first: the data-consistency table times their ``step`` alone (one whose step needs more network
+    calls, ``step.denoise``, raises ValueError on the bare step and is left out)."""
+    names = [n for n in solver_names() if n != "none" and not get_solver(n).needs_grad]
+    return sorted(names, key=lambda n: (n not in ("CoDPS", "CoDPS+"), ("CoDPS", "CoDPS+").index(n)
+                                        if n in ("CoDPS", "CoDPS+") else 0, n.lower()))
+
+
 def solver_names() -> list[str]:
     """One registered name per solver class (aliases dropped), the plain sampler ("none") first."""
     names = [cls.names[0] for cls in list_methods()]
@@ -301,8 +310,9 @@ def forward_time(model: torch.nn.Module, shape: Sequence[int], device: torch.dev
 
 
 def dc_table(size: str, device: torch.device, forward_s: float, warmup: int, repeats: int) -> list[dict]:
-    """The data-consistency call alone for every operator and closed-form solver (CoDPS,
-    CoDPS+), and A, Aᵀ, cov_solve alone, with their fraction of one network forward."""
+    """The data-consistency call alone for every operator and closed-form solver (:func:`dc_solvers`:
+    CoDPS, CoDPS+, DDRM, ...; a solver whose ``check`` refuses the operator is left out), and A, Aᵀ,
+    cov_solve alone, with their fraction of one network forward."""
     cfg = model_config(size)
     shape = image_shape(cfg)
     rows = []
@@ -319,12 +329,17 @@ def dc_table(size: str, device: torch.device, forward_s: float, warmup: int, rep
             row["AT_ms"] = 1e3 * time_call(lambda: m.operator.adjoint(m.y), device, warmup, repeats)["median_s"]
             row["cov_solve_ms"] = 1e3 * time_call(lambda: m.operator.cov_solve(m.y, 0.3, NOISE_SIGMA ** 2), device,
                                                   warmup, repeats)["median_s"]
-            for solver_name in ("CoDPS", "CoDPS+"):
-                if solver_name not in list_solvers():
-                    continue
+            for solver_name in dc_solvers():
                 solver = get_solver(solver_name)
-                step = make_step(x0, x0, x0, DC_STEP, 0.5, weight=0.01)
-                sec = time_call(lambda: solver.step(step, m.y, m.physics), device, warmup, repeats)
+                try:
+                    solver.check(m.physics)
+                except ValueError:
+                    continue
+                step = make_step(x0, x0, x0, DC_STEP, 0.5, 0.6, weight=0.01)
+                try:
+                    sec = time_call(lambda: solver.step(step, m.y, m.physics), device, warmup, repeats)
+                except ValueError:          # the step needs the network (step.denoise): not a DC call alone
+                    continue
                 row[f"{solver_name}_ms"] = 1e3 * sec["median_s"]
                 row[f"{solver_name}_pct_of_forward"] = 100.0 * sec["median_s"] / forward_s
         rows.append(row)
@@ -646,6 +661,15 @@ def md_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> s
     return "\n".join(lines)
 
 
+def _dc_columns(rows: Sequence[dict]) -> list[str]:
+    """Solver names with a ``<name>_ms`` entry in the data-consistency rows: CoDPS, CoDPS+ first, then
+    alphabetical (as :func:`dc_solvers`)."""
+    names = {key[:-3] for row in rows for key in row
+             if key.endswith("_ms") and key not in ("A_ms", "AT_ms", "cov_solve_ms")}
+    first = ("CoDPS", "CoDPS+")
+    return sorted(names, key=lambda n: (n not in first, first.index(n) if n in first else 0, n.lower()))
+
+
 def report(results: dict) -> str:
     """The markdown report of a run's ``results`` (the JSON written next to it)."""
     m = results["machine"]
@@ -665,9 +689,9 @@ def report(results: dict) -> str:
         if sec.get("dc"):
             out += ["### Data-consistency call alone (ms; % of one network forward)", "",
                     md_table(sec["dc"], [("operator", "operator", ""), ("A_ms", "A", ".3g"), ("AT_ms", "Aᵀ", ".3g"),
-                                         ("cov_solve_ms", "(σ²I+r²AAᵀ)⁻¹", ".3g"), ("CoDPS_ms", "CoDPS", ".3g"),
-                                         ("CoDPS_pct_of_forward", "CoDPS %", ".3f"), ("CoDPS+_ms", "CoDPS+", ".3g"),
-                                         ("CoDPS+_pct_of_forward", "CoDPS+ %", ".3f")]), ""]
+                                         ("cov_solve_ms", "(σ²I+r²AAᵀ)⁻¹", ".3g")]
+                             + [c for n in _dc_columns(sec["dc"]) for c in
+                                ((f"{n}_ms", n, ".3g"), (f"{n}_pct_of_forward", f"{n} %", ".3f"))]), ""]
         if sec.get("steps"):
             out += ["### One sampler step (s)", "",
                     "`ratio`: step / plain step of the same sampler; `overhead`: the same from the non-network "

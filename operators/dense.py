@@ -181,9 +181,13 @@ class Dense(LinearOperator):
         return (((flat @ q) * inv) @ q.T).reshape(v.shape)
 
     def spectral_view(self, x_shape: tuple[int, int, int, int]):
-        """:class:`operators.spectral.DenseView` of the matrix (one SVD, float64)."""
-        from .spectral import DenseView, numpy_matrix
+        """:class:`operators.spectral.DenseView` of the matrix (one full SVD, float64), or None when
+        d = C·H·W > :data:`operators.spectral.DENSE_SVD_MAX_DIM` (V alone would be d × d: 309 GB at
+        3×256×256), so that methods needing a view refuse the operator instead of running out of memory."""
+        from .spectral import DENSE_SVD_MAX_DIM, DenseView, numpy_matrix
         self._bind(tuple(x_shape[1:]))
+        if math.prod(x_shape[1:]) > DENSE_SVD_MAX_DIM:
+            return None
         return DenseView(numpy_matrix(self.matrix), x_shape, self.y_shape(x_shape))
 
     def display(self, y: torch.Tensor) -> torch.Tensor:
