@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass

@@ -37,8 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from benchmarks.evaluate import (Cache, MethodSpec, budgets_of, cache_key, diffusion_config, discover, file_digest,
-                                 mean_se, measurement_config, method_params, prior_digest, respacing_for, run_method,
-                                 slug)
+                                 mean_se, measurement_config, method_params, prior_digest, respacing_for, run_method)
 from benchmarks.mnist_common import ROOT, TASKS
 from util.config import load_yaml
 from util.image_io import atomic_write_bytes, write_csv

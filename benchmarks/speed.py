@@ -66,7 +66,7 @@ from guided_diffusion.gaussian_diffusion import create_sampler  # noqa: E402
 from operators import get_noise, get_operator, list_operators  # noqa: E402
 from operators import Physics  # noqa: E402
 from sampling import make_step, sample  # noqa: E402
-from solvers import get_solver, list_methods, list_solvers  # noqa: E402
+from solvers import get_solver, list_methods  # noqa: E402
 from util.config import load_yaml  # noqa: E402
 from util.metrics import psnr  # noqa: E402
 from util.seeding import (STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn,  # noqa: E402

@@ -38,8 +38,6 @@ applied at t = 0 (w_0 is the exact weight there) and ``t_div`` / ``div_ratio`` a
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import torch

@@ -8,7 +8,7 @@ import torch
 
 from guided_diffusion.gaussian_diffusion import create_sampler
 from operators import LinearOperator, Physics, get_noise, get_operator
-from sampling import make_step, sample
+from sampling import sample
 from solvers import Param, Solver, get_solver, list_solvers, register_solver
 from solvers.base import _REGISTRY
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
