@@ -69,7 +69,10 @@ class Method:
 #: The methods. "paper" = the FFHQ configs' values (configs/FFHQ/DDPM for CoDPS, /DDIM for
 #: CoDPS+), each on the sampler the paper pairs it with; "auto" = scale auto with inv_var = 1,
 #: the precision of every mixture component; DPS with its FFHQ config's ζ = 0.3 (not tuned);
-#: ΠGDM with guidance weight 1 (the exact likelihood-score weight).
+#: ΠGDM with guidance weight 1 (the exact likelihood-score weight); RED-diff with its reference
+#: code's lr and λ, and with lr 1 (the mixture spans ±16, the reference lr is for [-1, 1] images); DAPS with τ = σ_y (the true noise), 100 Langevin steps of half the stability
+#: limit per level, or the exact Gaussian draw; TMPD with the exact (m VJPs) and the row-sum
+#: covariance. The oracle stays last.
 METHODS = (
     Method("prior (no data)", "none", {}),
     Method("CoDPS (paper)", "CoDPS", dict(scale=0.01, t_div=200, div_ratio=10, inv_var=0.1), ("DDPM 1000",)),
@@ -78,6 +81,13 @@ METHODS = (
     Method("CoDPS+ (auto)", "CoDPS+", dict(scale="auto", inv_var=1.0)),
     Method("DPS", "DPS", dict(scale=0.3)),
     Method("ΠGDM", "PiGDM", dict(scale=1.0)),
+    Method("RED-diff", "RED-diff", dict(lr=0.1, grad_term_weight=0.25)),
+    Method("RED-diff (lr 1)", "RED-diff", dict(lr=1.0, grad_term_weight=0.25),
+           note="lr scaled to the mixture's range (±16, not [-1, 1])"),
+    Method("DAPS (Langevin)", "DAPS", dict(langevin=True, langevin_steps=100, lr="auto", tau="auto")),
+    Method("DAPS (exact)", "DAPS", dict(langevin=False, tau="auto")),
+    Method("TMPD (exact cov)", "TMPD", dict(exact_cov=True)),
+    Method("TMPD (row-sum)", "TMPD", dict(exact_cov=False)),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
 EXACT = "exact (2nd draw)"
@@ -480,6 +490,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="subset of the samplers")
     p.add_argument("--ddpm-sigmas", type=float, nargs="+", dest="ddpm_sigmas",
                    help="σ_y at which DDPM 1000 runs (full default: 0.1 only; give all three for the whole grid)")
+    p.add_argument("--methods", nargs="+", metavar="LABEL", help="subset of the methods, by label (e.g. "
+                   "'DAPS (exact)'); the exact second draw is always scored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -514,8 +526,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"diverged {row['diverged']:<4} {row['seconds']:.1f}s  [{(time.perf_counter() - start) / 60:.1f} min]",
               flush=True)
 
+    methods = METHODS
+    if args.methods:
+        labels = {m.label: m for m in METHODS}
+        unknown = [x for x in args.methods if x not in labels]
+        if unknown:
+            print(f"error: --methods: unknown label(s) {unknown}; valid: {list(labels)}", file=sys.stderr)
+            return 2
+        methods = tuple(labels[x] for x in args.methods)
     rows = run(settings["dims"], settings["ms"], settings["sigmas"], settings["samples"], settings["projections"],
-               seed=args.seed, samplers=samplers, ddpm_sigmas=settings["ddpm_sigmas"], report=report)
+               seed=args.seed, samplers=samplers, methods=methods, ddpm_sigmas=settings["ddpm_sigmas"], report=report)
     elapsed = time.perf_counter() - start
     stem = args.name or ("gmm_quick" if args.quick else "gmm")
     csv_path, md_path = write_results(rows, args.out, stem, command, settings, elapsed)
