@@ -1,6 +1,6 @@
 """Small hyperparameter sweep of the embedded MNIST configurations on the TUNE split only:
 for each task and method, mean PSNR / SSIM of the first ``--num`` tune digits for each value of
-``scale`` (the other parameters as committed). ``--apply`` writes the best scale (by PSNR) into
+``scale`` (RED-diff: λ, DAPS: τ; the other parameters as committed). ``--apply`` writes the best scale (by PSNR) into
 configs/MNIST/<DDIM|DDPM>/[dps_]<task>_config.yaml.
 
     pip install -r requirements-train.txt
@@ -22,18 +22,23 @@ import torch
 from benchmarks.mnist_common import METHODS, TASKS, config_path, digits, measure, restore, scores, task_config
 from util.image_io import atomic_write_bytes, write_csv
 
-GRID = {"CoDPS+": (0.02, 0.05, 0.1, 0.2), "CoDPS": (0.02, 0.05, 0.1), "DPS": (0.3, 1.0)}
+GRID = {"CoDPS+": (0.02, 0.05, 0.1, 0.2), "CoDPS": (0.02, 0.05, 0.1), "DPS": (0.3, 1.0),
+        "RED-diff": (0.05, 0.25, 1.25), "DAPS": (0.01, 0.03, 0.1), "TMPD": (0.3, 1.0, 3.0)}
+#: The parameter swept per method (default ``scale``): RED-diff's λ, DAPS's τ.
+PARAM = {"RED-diff": "grad_term_weight", "DAPS": "tau"}
 
 
 def apply_scale(method: str, task: str, scale: float) -> str:
-    """Rewrite the ``scale:`` line of ``method``'s task config; returns the path."""
+    """Rewrite the swept parameter's line (``scale:``, or :data:`PARAM`'s) of ``method``'s task
+    config; returns the path."""
     sampling, prefix = METHODS[method]
+    key = PARAM.get(method, "scale")
     path = config_path(sampling, f"{prefix}{task}_config")
     with open(path) as f:
         text = f.read()
-    new, n = re.subn(r"(?m)^(\s+scale:\s*)[^\s#]+", lambda mt: f"{mt.group(1)}{scale:g}", text, count=1)
+    new, n = re.subn(rf"(?m)^(\s+{key}:\s*)[^\s#]+", lambda mt: f"{mt.group(1)}{scale:g}", text, count=1)
     if n != 1:
-        raise ValueError(f"{path}: no 'scale:' entry to rewrite")
+        raise ValueError(f"{path}: no '{key}:' entry to rewrite")
     atomic_write_bytes(path, new.encode())
     return path
 
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
         m = measure(task_config("CoDPS+", task), x, idx, a.seed)
         for method in a.methods.split(","):
             for scale in GRID[method]:
-                rec, sec, nfe = restore(method, task, m, idx, a.seed, params={"scale": scale})
+                rec, sec, nfe = restore(method, task, m, idx, a.seed, params={PARAM.get(method, "scale"): scale})
                 ps, ss = scores(rec, x)
                 rows.append(dict(task=task, method=method, scale=scale, psnr=f"{np.mean(ps):.3f}",
                                  ssim=f"{np.mean(ss):.4f}", seconds=f"{sec:.3f}", nfe=nfe))
