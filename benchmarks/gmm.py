@@ -86,6 +86,8 @@ METHODS = (
            note="lr scaled to the mixture's range (±16, not [-1, 1])"),
     Method("DAPS (Langevin)", "DAPS", dict(langevin=True, langevin_steps=100, lr="auto", tau="auto")),
     Method("DAPS (exact)", "DAPS", dict(langevin=False, tau="auto")),
+    Method("DAPS (exact, λ=1)", "DAPS", dict(langevin=False, tau="auto", inv_var=1.0),
+           note="r_t² = 1/(1/σ_t² + 1): the components' precision, not the paper's r_t = σ_t"),
     Method("TMPD (exact cov)", "TMPD", dict(exact_cov=True)),
     Method("TMPD (row-sum)", "TMPD", dict(exact_cov=False)),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),

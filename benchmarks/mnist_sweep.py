@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=4, help="first N tune digits")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--methods", default=",".join(GRID))
+    p.add_argument("--values", default=None, help="comma-separated values of the swept parameter, replacing "
+                   "GRID for every method given (e.g. to extend a grid whose best value was on its edge)")
     p.add_argument("--seed", type=int, default=22)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--apply", action="store_true", help="write the best scale into the committed configs")
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     for task in a.tasks.split(","):
         m = measure(task_config("CoDPS+", task), x, idx, a.seed)
         for method in a.methods.split(","):
-            for scale in GRID[method]:
+            for scale in (tuple(float(v) for v in a.values.split(",")) if a.values else GRID[method]):
                 rec, sec, nfe = restore(method, task, m, idx, a.seed, params={PARAM.get(method, "scale"): scale})
                 ps, ss = scores(rec, x)
                 rows.append(dict(task=task, method=method, scale=scale, psnr=f"{np.mean(ps):.3f}",

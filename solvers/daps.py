@@ -35,7 +35,7 @@ class DAPS(Solver):
        network calls, ``step.denoise``; NFE = min(k, t + 1) per level, every index t … 0 when
        fewer than k remain; the loop's ``SampleResult.nfe`` counts them).
     2. x_0 ~ p(x_0 | x_t, y) ∝ N(x_0; x0_hat, r_t² I) · N(y; A x_0, τ² I) with r_t = σ_t (the
-       paper's choice r_t = σ_t, eq. 8 and §3.3):
+       paper's choice r_t = σ_t, eq. 8 and §3.3; ``inv_var`` = λ > 0 uses r_t² = 1/(1/σ_t² + λ)):
        - ``langevin: true`` (the paper, eq. 9): K = ``langevin_steps`` steps from x0_hat,
              x ← x + η_t [Aᵀ(y − A x)/τ² − (x − x0_hat)/r_t²] + √(2 η_t) ξ,
          η_t = lr · (1 + (i/T)(lr_min_ratio − 1)) (the reference code's linear decay over the
@@ -59,6 +59,9 @@ class DAPS(Solver):
         lr_min_ratio (float > 0, default 0.01): final / initial step size (``lr_min_ratio``).
         tau (float >= 0 or "auto", default "auto"): τ, the likelihood's noise std (``tau``; the
             paper's image configs use 0.01; auto = σ_n of the physics, floored at 1e-3).
+        inv_var (float >= 0, default 0): λ of r_t² = 1/(ᾱ/(1−ᾱ) + λ), CoDPS's posterior variance
+            of an x_0 ~ N(x0_hat, λ⁻¹ I) model (not in the paper); 0 gives the paper's r_t² = σ_t²,
+            which exceeds the prior's own variance at high noise (x_0 over-dispersed there).
 
     Reads ``step.x0_hat``, ``step.eps``, ``step.x_t`` (ode_steps > 1), ``step.alpha_bar``,
     ``step.alpha_bar_prev``, ``step.noise``, ``step.i``; draws ``step.randn``; sets
@@ -77,6 +80,7 @@ class DAPS(Solver):
         "lr": Param(1e-4, "nonneg_or_auto", "Langevin step size, or 'auto': half the stability limit"),
         "lr_min_ratio": Param(0.01, "positive", "final / initial Langevin step size (linear decay)"),
         "tau": Param("auto", "nonneg_or_auto", "τ, noise std of the likelihood, or 'auto' = σ_n"),
+        "inv_var": Param(0.0, "nonneg", "λ: r_t² = 1/(ᾱ/(1−ᾱ) + λ) (0 = the paper's r_t = σ_t)"),
     }
 
     def __init__(self, **params: Any) -> None:
@@ -155,7 +159,7 @@ class DAPS(Solver):
             x0_hat = self.ode_x0(step).to(dtype)
             yy = y.detach().to(dtype)
             a = step.alpha_bar.detach().to(dtype)
-            r2 = (1.0 - a) / a
+            r2 = 1.0 / (a / (1.0 - a) + self.inv_var)
             tau = self.tau_value(physics)
             if self.langevin:
                 x0 = self.langevin_draw(step, x0_hat, yy, physics, r2, max(tau, TAU_FLOOR) ** 2)

@@ -39,23 +39,24 @@ def _daps_mean(x0_hat, A, y, r2, tau2):
     return x0_hat + r2 * A.T @ np.linalg.solve(C, y - A @ x0_hat)
 
 
-@pytest.mark.parametrize("langevin", [False, True])
-def test_daps_conditional_draw_matches_the_dense_gaussian(langevin):
+@pytest.mark.parametrize("langevin,inv_var", [(False, 0.0), (True, 0.0), (False, 1.0)])
+def test_daps_conditional_draw_matches_the_dense_gaussian(langevin, inv_var):
     """Last level (ᾱ_{t-1} = 1, so the output is the x_0 draw itself): 4000 draws of
     x_0 | x0_hat, y have the dense formula's mean and covariance (mean within 4.5 standard
     errors; covariance within 0.06 absolute, Langevin with a step 50× below the stability limit
     and 3000 steps: its O(η) bias is ~1 %)."""
     d, n = 3, 4000
     A = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, -1.0]])
-    tau, a = 0.5, 0.5                                     # r² = (1 − ᾱ)/ᾱ = 1
+    tau, a = 0.5, 0.5                                     # r² = 1/(ᾱ/(1 − ᾱ) + λ) = 1/(1 + λ)
+    r2 = 1.0 / (1.0 + inv_var)
     phys = dense_physics(A, tau)
     x0h = np.array([0.3, -1.0, 2.0])
     y = np.array([1.0, 0.5])
-    mean = _daps_mean(x0h, A, y, 1.0, tau ** 2)
-    C = tau ** 2 * np.eye(2) + A @ A.T
-    cov = np.eye(d) - A.T @ np.linalg.solve(C, A)
-    lam_max = np.linalg.eigvalsh(A.T @ A / tau ** 2 + np.eye(d)).max()
-    params = dict(langevin=langevin, tau=tau)
+    mean = _daps_mean(x0h, A, y, r2, tau ** 2)
+    C = tau ** 2 * np.eye(2) + r2 * A @ A.T
+    cov = r2 * np.eye(d) - r2 ** 2 * A.T @ np.linalg.solve(C, A)
+    lam_max = np.linalg.eigvalsh(A.T @ A / tau ** 2 + np.eye(d) / r2).max()
+    params = dict(langevin=langevin, tau=tau, inv_var=inv_var)
     if langevin:
         params.update(langevin_steps=3000, lr=0.02 / lam_max, lr_min_ratio=1.0)
     method = get_solver("DAPS", **params)
