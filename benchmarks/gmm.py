@@ -72,7 +72,11 @@ class Method:
 #: the precision of every mixture component; DPS with its FFHQ config's ζ = 0.3 (not tuned);
 #: ΠGDM with guidance weight 1 (the exact likelihood-score weight); DDRM, DDNM+ and DiffPIR with
 #: their papers' defaults (η = 0.85, η_b = 1; η = 0.85; λ = 7, ζ = 0.3), on DDIM 100 only (they
-#: replace the sampler's update with their own, so the sampler only sets the time grid).
+#: replace the sampler's update with their own, so the sampler only sets the time grid); RED-diff
+#: with its reference code's lr and λ, and with lr 1 (the mixture spans ±16, the reference lr is
+#: for [-1, 1] images); DAPS with τ = σ_y (the true noise), 100 Langevin steps of half the
+#: stability limit per level, or the exact Gaussian draw; TMPD with the exact (m VJPs) and the
+#: row-sum covariance. The oracle stays last.
 METHODS = (
     Method("prior (no data)", "none", {}),
     Method("CoDPS (paper)", "CoDPS", dict(scale=0.01, t_div=200, div_ratio=10, inv_var=0.1), ("DDPM 1000",)),
@@ -84,6 +88,15 @@ METHODS = (
     Method("DDRM", "DDRM", dict(eta=0.85, eta_b=1.0), ("DDIM 100",)),
     Method("DDNM+", "DDNM", dict(eta=0.85), ("DDIM 100",)),
     Method("DiffPIR", "DiffPIR", dict(lam=7.0, zeta=0.3), ("DDIM 100",)),
+    Method("RED-diff", "RED-diff", dict(lr=0.1, grad_term_weight=0.25)),
+    Method("RED-diff (lr 1)", "RED-diff", dict(lr=1.0, grad_term_weight=0.25),
+           note="lr scaled to the mixture's range (±16, not [-1, 1])"),
+    Method("DAPS (Langevin)", "DAPS", dict(langevin=True, langevin_steps=100, lr="auto", tau="auto")),
+    Method("DAPS (exact)", "DAPS", dict(langevin=False, tau="auto")),
+    Method("DAPS (exact, λ=1)", "DAPS", dict(langevin=False, tau="auto", inv_var=1.0),
+           note="r_t² = 1/(1/σ_t² + 1): the components' precision, not the paper's r_t = σ_t"),
+    Method("TMPD (exact cov)", "TMPD", dict(exact_cov=True)),
+    Method("TMPD (row-sum)", "TMPD", dict(exact_cov=False)),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
 EXACT = "exact (floor)"

@@ -27,7 +27,9 @@ from util.image_io import atomic_write_bytes, write_csv
 #: method -> (swept parameter, values): log-spaced grids.
 GRID = {"CoDPS+": ("scale", (0.02, 0.05, 0.1, 0.2)), "CoDPS": ("scale", (0.02, 0.05, 0.1)),
         "DPS": ("scale", (0.3, 1.0)), "DDRM": ("eta", (0.25, 0.5, 0.85, 1.0)),
-        "DDNM": ("eta", (0.25, 0.5, 0.85, 1.0)), "DiffPIR": ("lam", (0.5, 2.0, 7.0, 28.0))}
+        "DDNM": ("eta", (0.25, 0.5, 0.85, 1.0)), "DiffPIR": ("lam", (0.5, 2.0, 7.0, 28.0)),
+        "RED-diff": ("grad_term_weight", (0.05, 0.25, 1.25)), "DAPS": ("tau", (0.01, 0.03, 0.1)),
+        "TMPD": ("scale", (0.3, 1.0, 3.0))}
 
 
 def apply_param(method: str, task: str, value: float, param: str = "scale") -> str:
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=22)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--param", default="", help="NAME=v1,v2,... : sweep this parameter instead of GRID's")
+    p.add_argument("--values", default=None, help="comma-separated values of each method's GRID parameter, "
+                   "replacing GRID's values (e.g. to extend a grid whose best value was on its edge)")
     p.add_argument("--apply", action="store_true", help="write the best value into the committed configs")
     p.add_argument("--out", default="benchmarks/results/mnist_sweep")
     a = p.parse_args(argv)
@@ -74,6 +78,12 @@ def main(argv=None) -> int:
         except ValueError:
             p.error(f"--param must be NAME=v1,v2,..., got {a.param!r}")
         grid = {mt: (name, vals) for mt in a.methods.split(",")}
+    if a.values and not a.param:
+        try:
+            vals = tuple(float(v) for v in a.values.split(","))
+        except ValueError:
+            p.error(f"--values must be v1,v2,..., got {a.values!r}")
+        grid = {mt: (grid[mt][0], vals) for mt in a.methods.split(",") if mt in grid}
     bad = [mt for mt in a.methods.split(",") if mt not in grid or mt not in METHODS]
     if bad:
         p.error(f"no sweep grid or config for method(s) {', '.join(bad)}; valid: {', '.join(g for g in GRID if g in METHODS)}")
