@@ -73,6 +73,14 @@ class DAPS(Solver):
     """
 
     needs_grad = False
+
+    @staticmethod
+    def nfe_per_step(params: dict) -> int:
+        """Network calls per annealing level for the budget planner (benchmarks.evaluate):
+        ``ode_steps`` (the loop counts min(ode_steps, t + 1) near the end, so a run spends at
+        most budget calls)."""
+        return int(float(params.get("ode_steps", 1)))
+
     params = {
         "ode_steps": Param(1.0, "positive", "network calls per level for x0_hat (PF-ODE steps, integer >= 1)"),
         "langevin": Param(True, "bool", "Langevin steps (paper) or the exact Gaussian conditional draw"),

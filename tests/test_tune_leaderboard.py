@@ -107,6 +107,9 @@ def test_budget_to_respacing_and_nfe_per_step(monkeypatch):
     assert evaluate.respacing_for(specs["CoDPS+"], 100, {}) == "ddim50"
     with pytest.raises(ValueError, match="not a multiple"):
         evaluate.respacing_for(specs["CoDPS+"], 25, {})
+    # DAPS spends ode_steps calls per level: 100 NFE with 5 ODE steps is 20 levels
+    assert evaluate.respacing_for(specs["DAPS"], 100, {"ode_steps": 5}) == "ddim20"
+    assert evaluate.respacing_for(specs["DAPS"], 100, {"ode_steps": 1}) == "ddim100"
     assert evaluate.task_of("dps_inpainting_box_config.yaml") == "inpainting_box"
     assert evaluate.task_of("diffusion_config.yaml") is None
     assert evaluate.slug("CoDPS+") == "codps_plus"
