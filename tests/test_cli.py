@@ -366,7 +366,7 @@ def test_checkpoint_of_python_objects_is_refused_in_one_line(bad_setup, capsys, 
 
 
 @pytest.mark.parametrize("line, needles", [
-    ("use_fp16: 'no'", ["use_fp16", "true or false", "'no'"]),
+    ("use_fp16: 'no'", ["use_fp16", "true, false or auto", "'no'"]),
     ("num_channels: 1.5", ["num_channels", "positive integer", "1.5"]),
     ("class_cond: true", ["class_cond"])])
 def test_model_config_file_types_are_checked(bad_setup, capsys, monkeypatch, line, needles):
