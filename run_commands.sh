@@ -18,25 +18,11 @@ if [ -n "${save_dir:-}" ]; then save_dir_given=1; else save_dir_given=""; fi
 save_dir="${save_dir:-results}"                  # outputs: <save_dir>/<dataset>/<sampling_type>/<task>/
 PYTHON="${PYTHON:-python}"
 
-# Paths the user gives (options, path overrides, save_dir) are relative to the caller's folder;
-# the configs' own paths (model_path, data root) stay relative to the repository, where main.py runs.
+# Paths the user gives are relative to the caller's folder (util/user_paths.sh).
 caller_dir="$PWD"
-abs_path() { case "$1" in ""|/*|"~"*) printf '%s' "$1" ;; *) printf '%s/%s' "$caller_dir" "$1" ;; esac; }
-user_args=()
-path_option=""
-for arg in "$@"; do
-  if [ -n "$path_option" ]; then
-    arg="$(abs_path "$arg")"; path_option=""
-  else
-    case "$arg" in
-      --save_dir|--model_config|--diffusion_config|--task_config|--measurement_dir) path_option=1 ;;
-      --save_dir=*|--model_config=*|--diffusion_config=*|--task_config=*|--measurement_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
-      -*) ;;
-      *.root=*|*.model_path=*|*_path=*|*_file=*|*_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
-    esac
-  fi
-  user_args+=("$arg")
-done
+# shellcheck source=util/user_paths.sh
+. "$(dirname "$0")/util/user_paths.sh"
+resolve_user_args "$@"
 if [ -n "$save_dir_given" ]; then save_dir="$(abs_path "$save_dir")"; fi
 
 config_dir="configs/${dataset}/${sampling_type}"

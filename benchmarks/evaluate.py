@@ -125,6 +125,25 @@ def discover(root: str = ROOT) -> dict[str, MethodSpec]:
     return specs
 
 
+def select(methods: str, tasks: str) -> tuple[dict[str, MethodSpec], list[str], list[str]]:
+    """The methods and tasks a benchmark command asked for: comma lists or ``all``.
+
+    Returns:
+        (every discovered method's spec, the chosen method names, the chosen task names).
+
+    Raises:
+        ValueError: (one line) a name that is not a method with MNIST configs or not a task.
+    """
+    specs = discover()
+    chosen = list(specs) if methods == "all" else methods.split(",")
+    task_list = list(TASKS) if tasks == "all" else tasks.split(",")
+    bad = [m for m in chosen if m not in specs] + [t for t in task_list if t not in TASKS]
+    if bad:
+        raise ValueError(f"unknown method or task {', '.join(bad)}; methods with MNIST configs: "
+                         f"{', '.join(specs)}; tasks: {', '.join(TASKS)}")
+    return specs, chosen, task_list
+
+
 def budgets_of(spec: MethodSpec) -> tuple[int, ...]:
     """NFE budgets of a method: 20, 50, 100, plus 250 when its configs are DDPM ones."""
     return BUDGETS + ((DDPM_BUDGET,) if spec.sampling == "DDPM" else ())

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from benchmarks.evaluate import (Cache, MethodSpec, budgets_of, cache_key, diffusion_config, discover, file_digest,
+from benchmarks.evaluate import (Cache, select, MethodSpec, budgets_of, cache_key, diffusion_config, file_digest,
                                  mean_se, measurement_config, method_params, prior_digest, respacing_for, run_method)
 from benchmarks.mnist_common import ROOT, TASKS
 from util.config import load_yaml
@@ -345,13 +345,10 @@ def main(argv=None) -> int:
     num_other = a.num_other if a.num_other is not None else (4 if a.quick else 32)
     out = a.out or (tempfile.mkdtemp(prefix="leaderboard_quick_") if a.quick
                     else os.path.join(ROOT, "benchmarks", "results"))
-    specs = discover()
-    methods = list(specs) if a.methods == "all" else a.methods.split(",")
-    tasks = list(TASKS) if a.tasks == "all" else a.tasks.split(",")
-    bad = [m for m in methods if m not in specs] + [t for t in tasks if t not in TASKS]
-    if bad:
-        print(f"error: unknown method or task {', '.join(bad)}; methods with MNIST configs: {', '.join(specs)}; "
-              f"tasks: {', '.join(TASKS)}", file=sys.stderr)
+    try:
+        specs, methods, tasks = select(a.methods, a.tasks)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         budgets = [int(b) for b in a.budgets.split(",")] if a.budgets else (list(QUICK_BUDGETS) if a.quick else None)

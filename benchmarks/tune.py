@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 
-from benchmarks.evaluate import (Cache, MethodSpec, budgets_of, cache_key, diffusion_config, discover,
+from benchmarks.evaluate import (Cache, select, MethodSpec, budgets_of, cache_key, diffusion_config,
                                  measurement_config, mean_se, prior_digest, respacing_for, run_method,
                                  solver_class, steps_of)
 from benchmarks.mnist_common import ROOT, TASKS
@@ -519,13 +519,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    specs = discover()
-    methods = list(specs) if a.method == "all" else a.method.split(",")
-    tasks = list(TASKS) if a.task == "all" else a.task.split(",")
-    bad = [m for m in methods if m not in specs] + [t for t in tasks if t not in TASKS]
-    if bad:
-        print(f"error: unknown method or task {', '.join(bad)}; methods with MNIST configs: {', '.join(specs)}; "
-              f"tasks: {', '.join(TASKS)}", file=sys.stderr)
+    try:
+        specs, methods, tasks = select(a.method, a.task)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         budgets = None if a.budget == "all" else [int(b) for b in a.budget.split(",")]

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
+from solvers.base import Param, compute_dtype, per_sample, register_solver
+from solvers.ddrm import DDRM
 
 
 @register_solver("DDNM", "DDNM+")
-class DDNM(Solver):
+class DDNM(DDRM):
     """DDNM+ step (Wang et al. 2023, §3.3 eqs. 17–19 and appendix eq. 51, in the SVD form of the
     reference code), DDIM-style with the DDNM η.
 
@@ -48,24 +49,12 @@ class DDNM(Solver):
         eta (float in [0, 1], default 0.85): η of the reference code's DDIM-style update (its
             ``--eta`` default, the value used in the paper's experiments).
 
-    Needs ``physics.spectral`` and a Gaussian σ_n >= 0; ``check`` refuses otherwise.
+    Needs ``physics.spectral`` and a Gaussian σ_n >= 0; ``check`` refuses otherwise (both, and
+    η ≤ 1, inherited from :class:`DDRM`, whose update this is with η_b = 1 when σ_n > 0).
     """
 
     needs_grad = False
     params = {"eta": Param(0.85, "nonneg", "η: share of fresh noise in the added noise (≤ 1)")}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.eta > 1.0:
-            raise ValueError(f"solver {self.name!r} parameter 'eta' must be <= 1, got {self.eta!r}")
-
-    def check(self, physics: Any) -> None:
-        """Needs a spectral view and a noise model with a real σ_n >= 0."""
-        super().check(physics)
-        check_sigma(physics, self.name)
-        if physics.spectral is None:
-            raise ValueError(f"solver {self.name!r} needs an operator with a spectral view (SVD, for A⁺); "
-                             f"{physics.name} has none for this image size")
 
     def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
         """One DDNM+ step: x_{t-1} (N, C, H, W); sets ``step.residual``."""

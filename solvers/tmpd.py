@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
+from solvers.base import Param, compute_dtype, per_sample, register_solver
+from solvers.pigdm import PiGDM
 
 #: σ_n is floored at this value so that the covariance stays invertible for noiseless
 #: measurements (numerical guard, as CoDPS+'s).
@@ -19,8 +20,10 @@ MAX_EXACT_M = 1024
 
 
 @register_solver("TMPD", "tmpd")
-class TMPD(Solver):
+class TMPD(PiGDM):
     """TMPD step (Boys et al. 2024, §3, eqs. 9-11 and Algorithm 1), VP form, on the loop's sampler.
+    The update x_{t-1} = x' + ζ w_t g is ΠGDM's (:meth:`PiGDM.step`, inherited); only the
+    likelihood-score estimate g (:meth:`guidance`) differs.
 
     Tweedie's moments of p(x_0 | x_t) (their eq. 6-7): the mean x0_hat and
 
@@ -71,9 +74,8 @@ class TMPD(Solver):
     }
 
     def check(self, physics: Any) -> None:
-        """Needs σ_n (real >= 0); ``exact_cov`` needs at most 1024 measurements."""
+        """Needs σ_n (real >= 0, as ΠGDM); ``exact_cov`` needs at most 1024 measurements."""
         super().check(physics)
-        check_sigma(physics, self.name)
         if self.exact_cov and physics.x_shape is not None:
             m = 1
             for s in physics.y_shape((1,) + tuple(physics.x_shape[1:]))[1:]:
@@ -125,12 +127,3 @@ class TMPD(Solver):
         g = vjp(physics.A_T(v).to(dtype), False)
         return g, resid.flatten(1).norm(dim=1)
 
-    def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
-        """One TMPD step: x_{t-1} (N, C, H, W), detached."""
-        x_prev = step.proposal
-        dtype = compute_dtype(x_prev)
-        xp = x_prev.detach().to(dtype)
-        w = per_sample(step.weight.to(device=xp.device, dtype=dtype), xp)
-        g, residual = self.guidance(step.x_t, step.x0_hat, y, step.alpha_bar, physics)
-        step.residual = residual.detach()
-        return (xp + self.scale * w * g.to(dtype)).to(x_prev.dtype)
