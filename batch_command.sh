@@ -7,7 +7,6 @@
 # Lists can be narrowed from the environment (space-separated), e.g.
 #   datasets="FFHQ" sampling_types="DDIM" tasks="inpainting_config" bash batch_command.sh --num_images 10
 # (an explicit task list is run in every folder; a config a folder lacks then fails with exit 2).
-# Extra arguments pass through to every main.py run.
 # Extra arguments pass through to every main.py run; relative paths among them (and save_base_dir)
 # are taken from your working folder, as in run_commands.sh.
 set -u

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -602,14 +603,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "prior and the exact reference rows are always included)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-                   help="output folder (default benchmarks/results)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default benchmarks/results; with --quick a new temporary folder, so that a "
+                        "smoke run never rewrites committed results)")
     p.add_argument("--name", help="file stem (default gmm, or gmm_quick with --quick)")
     p.add_argument("--combine", nargs="+", metavar="CSV",
                    help="run nothing: merge these CSVs of earlier runs (made with the same --seed and "
                         "--projections; a later file's row wins on the same d, m, σ_y, sampler, method) "
                         "and write <out>/<name>.{csv,md}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = (tempfile.mkdtemp(prefix="gmm_quick_") if args.quick and not args.combine
+                    else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -87,6 +87,7 @@ class Cell:
     correct: np.ndarray      # 1.0 / 0.0 per digit, nan without a classifier
     seconds: float
     nfe: int
+    tuned: bool = True       # the config holds values tuned at this respacing (tuned_respacing / tuned:)
 
     @property
     def n(self) -> int:
@@ -98,8 +99,10 @@ def run_cell(spec: MethodSpec, task: str, budget: int, num: int, seed: int, batc
     """The cell of ``spec`` on ``task`` at ``budget`` NFE on the first ``num`` test digits, from the
     cache or computed (and cached). Reconstructions are kept as uint8 ``<recon_dir>/<key>.npy`` so
     that a later classifier can score them without re-running."""
-    base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
+    cond = load_yaml(spec.configs[task], "task config")["conditioning"]
+    base = cond.get("params") or {}
     respacing = respacing_for(spec, budget, base)
+    tuned_at = {str(k) for k in (cond.get("tuned") or {})} | {str(cond.get("tuned_respacing"))}
     params = method_params(spec, task, respacing)
     key = cell_key(spec, task, budget, num, seed)
     rec = cache.get(key)
@@ -123,7 +126,8 @@ def run_cell(spec: MethodSpec, task: str, budget: int, num: int, seed: int, batc
     pred = rec.get("pred") if rec.get("classifier") == clf.digest else None
     correct = (np.asarray(pred) == labels[:num]).astype(float) if pred is not None else np.full(num, np.nan)
     return Cell(spec.name, task, budget, respacing, params, np.asarray(rec["psnr"], float),
-                np.asarray(rec["ssim"], float), correct, float(rec["seconds"]), int(rec["nfe"]))
+                np.asarray(rec["ssim"], float), correct, float(rec["seconds"]), int(rec["nfe"]),
+                tuned=str(respacing) in tuned_at)
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ def table_rows(cells: list[Cell], curve_num: int) -> list[dict]:
                                  best_psnr=best_p.method, dpsnr=f"{dp:.3f}", dpsnr_se=f"{dpse:.3f}",
                                  wins_psnr=f"{wp}/{min(c.n, best_p.n)}", best_ssim=best_s.method,
                                  dssim=f"{ds:.4f}", dssim_se=f"{dsse:.4f}", wins_ssim=f"{ws}/{min(c.n, best_s.n)}",
-                                 pareto=int(front[(c.method, c.budget)]),
+                                 pareto=int(front[(c.method, c.budget)]), tuned=int(c.tuned),
                                  params=" ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  else f"{k}={v}" for k, v in c.params.items())))
     return rows
@@ -228,6 +232,12 @@ def write_markdown(path: str, rows: list[dict], header: list[str], main_budget: 
         front = sorted((r for r in rows if r["task"] == task and r["pareto"]), key=lambda r: float(r["seconds"]))
         if front:
             lines.append(f"| {task} | " + ", ".join(f"{r['method']} @ {r['budget']}" for r in front) + " |")
+    untuned = sorted({(r["method"], r["budget"]) for r in rows if not int(r.get("tuned", 1))},
+                     key=lambda mb: (mb[1], mb[0]))
+    if untuned:
+        lines += ["", "**Not tuned at their budget** (these cells ran with values tuned at another step count; "
+                  "run `python -m benchmarks.tune` for them before reading them as a fair ranking): "
+                  + ", ".join(f"{m} @ {b}" for m, b in untuned) + "."]
     if skipped:
         lines += ["", "Registered methods not on the leaderboard: " + "; ".join(skipped) + "."]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

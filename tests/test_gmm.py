@@ -465,3 +465,16 @@ def test_refloor_replaces_single_draw_rows_by_the_floor(tmp_path):
             assert got[k] == pytest.approx(want[k], rel=1e-5)
     assert new[0]["floor_draws"] == 20 and new[0]["sw_p95"] == pytest.approx(whole[0]["sw_p95"], rel=1e-5)
     assert bench.main(["--refloor", "--out", str(tmp_path)]) == 2    # --refloor needs --combine
+
+
+def test_quick_run_writes_outside_the_committed_results():
+    """``--quick`` without ``--out`` goes to a new temporary folder (a smoke run never rewrites
+    benchmarks/results); a full run and ``--combine`` default to benchmarks/results."""
+    import os
+    from benchmarks.gmm import parse_args
+    results = os.path.join(os.path.dirname(os.path.abspath(__import__("benchmarks.gmm").gmm.__file__)), "results")
+    quick = parse_args(["--quick"]).out
+    assert os.path.isdir(quick) and os.path.abspath(quick) != results and not quick.startswith(results)
+    os.rmdir(quick)
+    assert parse_args([]).out == results
+    assert parse_args(["--quick", "--out", "x"]).out == "x"

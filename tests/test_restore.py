@@ -217,6 +217,7 @@ def _bad_dirs(tmp):
         "npy shape mismatch": ("super_resolution", ["--measurement_dir", str(npy)], ["3x32x32", "expects 3x8x8"]),
         "mask not binary": ("inpainting", ["--measurement_dir", str(grey)], ["not binary", "grey_mask/params/x.png"]),
         "no measurement folder": ("inpainting", ["--measurement_dir", str(tmp)], ["no measurement/ folder"]),
+        "missing measurement_dir": ("inpainting", ["--measurement_dir", str(tmp / "nope")], ["does not exist"]),
         "kernel for a fixed operator": ("gaussian_deblur", [f"task.measurement.operator.kernel={tmp / 'k.npy'}",
                                                             "task.measurement.operator.kernel_size=9"],
                                         ["gaussian_blur", "takes no kernel", "motion_blur"]),

@@ -224,6 +224,8 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
         assert 0.0 <= float(first["acc"]) <= 1.0 and "Digit classifier" in (tmp_path / "leaderboard.md").read_text()
     md = (tmp_path / "leaderboard.md").read_text()
     assert "### inpainting" in md and "Pareto front" in md
+    # budgets 2 and 4 NFE: the shipped configs were tuned at 100 (CoDPS+) / 250 (CoDPS) steps
+    assert first["tuned"] == "0" and "Not tuned at their budget" in md and "CoDPS+ @ 2" in md
     csv_before = (tmp_path / "leaderboard.csv").read_text()
 
     def boom(*a, **k):

@@ -331,6 +331,9 @@ class MeasurementFolder:
         self.channels, self.image_size = int(image_shape[0]), int(image_shape[1])
         self.x_shape = (1, *(int(s) for s in image_shape))
         folder = os.path.join(root, MEASUREMENT_SUBDIR)
+        if not os.path.isdir(root):
+            raise MeasurementError(f"--measurement_dir {root} does not exist (a folder with a {MEASUREMENT_SUBDIR}/ "
+                                   f"subfolder of y files is expected)")
         if not os.path.isdir(folder):
             raise MeasurementError(f"--measurement_dir {root} has no {MEASUREMENT_SUBDIR}/ folder; put each "
                                    f"measurement y there as <name>.npy or <name>.png/.jpg (and kernels or masks as "
