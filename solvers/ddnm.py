@@ -47,7 +47,7 @@ class DDNM(Solver):
     Parameters:
         eta (float in [0, 1], default 0.85): η of the reference code's DDIM-style update (its
             ``--eta`` default, the value used in the paper's experiments).
-        sv_zero (float >= 0 or "auto", default "auto" = σ_n): singular values s_i <= sv_zero are
+        sv_zero (float >= 0 or "auto", default "auto" = σ_n / 2): singular values s_i <= sv_zero are
             treated as 0 (null space: x0_hat kept, y ignored there), as DDRM's ``sv_zero``.
 
     Needs ``physics.spectral`` and a Gaussian σ_n >= 0; ``check`` refuses otherwise.
@@ -55,7 +55,7 @@ class DDNM(Solver):
 
     needs_grad = False
     params = {"eta": Param(0.85, "nonneg", "η: share of fresh noise in the added noise (≤ 1)"),
-              "sv_zero": Param("auto", "nonneg_or_auto", "singular values s_i <= sv_zero are treated as 0 (null space); auto: σ_n")}
+              "sv_zero": Param("auto", "nonneg_or_auto", "singular values s_i <= sv_zero are treated as 0 (null space); auto: σ_n / 2")}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -63,8 +63,9 @@ class DDNM(Solver):
             raise ValueError(f"solver {self.name!r} parameter 'eta' must be <= 1, got {self.eta!r}")
 
     def cutoff(self, physics: Any) -> float:
-        """The singular-value cutoff: ``sv_zero``, or σ_n (the [-1, 1] scale) for ``"auto"``."""
-        return float(physics.sigma_n) if self.sv_zero == "auto" else float(self.sv_zero)
+        """The singular-value cutoff: ``sv_zero``, or σ_n / 2 for ``"auto"`` (σ_n on the [0, 1]
+        image scale: deepinv's rule)."""
+        return 0.5 * float(physics.sigma_n) if self.sv_zero == "auto" else float(self.sv_zero)
 
     def check(self, physics: Any) -> None:
         """Needs a spectral view and a noise model with a real σ_n >= 0."""

@@ -62,7 +62,7 @@ def svd_coords(phys, a, step, y):
 def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b, sv_zero):
     """One DDRM step (Kawar et al. 2022, eqs. 7–8) against the formulas coefficient by
     coefficient: σ_{t-1} = 0.4 makes s σ_{t-1} = 0.8 ≥ σ_y, 0.2 < σ_y, 0.02 < σ_y (σ_y = 0.3), and
-    two null directions. With the cutoff sv_zero = "auto" (= σ_y), s = 0.05 ≤ σ_y counts as 0:
+    two null directions. With the cutoff sv_zero = "auto" (= σ_y / 2), s = 0.05 ≤ 0.15 counts as 0:
     its coefficient follows the null-space line (as the reference code's ZERO and deepinv's
     s > σ_y rule)."""
     phys, a = dense_problem(sigma)
@@ -71,7 +71,7 @@ def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b, sv_zero):
     step, y = one_step(phys, 0.5, ab_prev)
     got = get_solver("DDRM", eta=eta, eta_b=eta_b, sv_zero=sv_zero).step(step, y, phys)
     s, x0c, epsc, zc, uy = svd_coords(phys, a, step, y)
-    cut = sigma if sv_zero == "auto" else 0.0
+    cut = sigma / 2 if sv_zero == "auto" else 0.0
     assert (sigma > 0 and sv_zero == "auto") == bool(((s > 0) & (s <= cut)).any())
     s = np.where(s > cut, s, 0.0)
     want = np.zeros_like(x0c)
@@ -98,7 +98,7 @@ def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b, sv_zero):
 def test_ddnm_step_matches_eqs_17_and_51(sigma, sv_zero):
     """One DDNM+ step against the per-singular-value λ_i, d₁, d₂ of Wang et al. 2023 (eq. 17, eq. 51),
     computed densely: x̂0 = x0_hat − V Λ Σ⁺ Uᵀ (A x0_hat − y), x_{t-1} = a x̂0 + V(d₁ Vᵀz + d₂ Vᵀε̂).
-    With sv_zero = "auto" (= σ_y), s = 0.05 ≤ σ_y = 0.3 counts as a null direction."""
+    With sv_zero = "auto" (= σ_y / 2), s = 0.05 ≤ 0.15 counts as a null direction."""
     phys, a_mat = dense_problem(sigma)
     eta = 0.85
     ab_prev = 0.8
@@ -107,7 +107,7 @@ def test_ddnm_step_matches_eqs_17_and_51(sigma, sv_zero):
     a, sig = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
     view = phys.spectral
     s = view.sing(view.V_T(step.x0_hat)).numpy().reshape(-1)
-    s = np.where(s > (sigma if sv_zero == "auto" else 0.0), s, 0.0)
+    s = np.where(s > (sigma / 2 if sv_zero == "auto" else 0.0), s, 0.0)
     corr = view.U_T(phys.A(step.x0_hat) - y).numpy()
     zc, ec = view.V_T(step.noise).numpy(), view.V_T(step.eps).numpy()
     lam, d1, d2 = np.ones(5), np.full(5, eta * sig), np.full(5, math.sqrt(1 - eta ** 2) * sig)
