@@ -131,6 +131,24 @@ def test_ddnm_step_matches_eqs_17_and_51(sigma, sv_zero):
         np.testing.assert_allclose(x0_new, want0, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["DDRM", "DDNM"])
+def test_cutoff_makes_small_singular_directions_ignore_y(name):
+    """With the default cutoff (σ_y / 2 = 0.15), the measurement along the left singular vector of
+    s = 0.05 has no effect on the step (null space); with sv_zero = 0 it has (the code before)."""
+    phys, a = dense_problem(0.3)
+    step, y = one_step(phys, 0.5, 0.9)
+    view = phys.spectral
+    s = view.sing(view.V_T(step.x0_hat)).reshape(-1)
+    e = torch.zeros(2, 5, dtype=torch.float64)
+    e[:, int(torch.nonzero((s > 0) & (s < 0.1)).flatten()[0])] = 1.0
+    y2 = y + view.U(e).reshape(y.shape)                    # move y along that direction only
+    assert torch.allclose(view.U_T(y2 - y), e)
+    for sv_zero, same in (("auto", True), (0.0, False)):
+        solver = get_solver(name, eta=0.85, sv_zero=sv_zero)
+        out1, out2 = solver.step(step, y, phys), solver.step(step, y2, phys)
+        assert torch.allclose(out1, out2, atol=1e-12) == same
+
+
 def test_ddnm_plus_equals_ddrm_with_eta_b_1_for_noisy_measurements():
     """With σ_y > 0, the per-coefficient DDNM+ update and DDRM at η_b = 1 are the same map of
     (x0_hat, ε̂, z) (same λ and noise in every branch); on inpainting (V = I) the same noise
