@@ -48,13 +48,16 @@ class DDNM(DDRM):
     Parameters:
         eta (float in [0, 1], default 0.85): η of the reference code's DDIM-style update (its
             ``--eta`` default, the value used in the paper's experiments).
+        sv_zero (float >= 0 or "auto", default "auto" = σ_n / 2): singular values s_i <= sv_zero are
+            treated as 0 (null space: x0_hat kept, y ignored there), as DDRM's ``sv_zero``.
 
     Needs ``physics.spectral`` and a Gaussian σ_n >= 0; ``check`` refuses otherwise (both, and
     η ≤ 1, inherited from :class:`DDRM`, whose update this is with η_b = 1 when σ_n > 0).
     """
 
     needs_grad = False
-    params = {"eta": Param(0.85, "nonneg", "η: share of fresh noise in the added noise (≤ 1)")}
+    params = {"eta": Param(0.85, "nonneg", "η: share of fresh noise in the added noise (≤ 1)"),
+              "sv_zero": Param("auto", "nonneg_or_auto", "singular values s_i <= sv_zero are treated as 0 (null space); auto: σ_n / 2")}
 
     def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:
         """One DDNM+ step: x_{t-1} (N, C, H, W); sets ``step.residual``."""
@@ -66,7 +69,7 @@ class DDNM(DDRM):
             step.residual = diff.flatten(1).norm(dim=1)
             corr = view.U_T(diff)                                           # Uᵀ (A x0_hat − y)
             s = view.sing(corr)
-            pos = s > 0
+            pos = s > self.cutoff(physics)                                         # s_i <= sv_zero: null space
             s_safe = torch.where(pos, s, torch.ones_like(s))
             a = per_sample(step.alpha_bar_prev.to(device=corr.device, dtype=dtype), corr).sqrt()
             sig = (1.0 - a ** 2).clamp(min=0).sqrt()

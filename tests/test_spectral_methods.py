@@ -56,18 +56,24 @@ def svd_coords(phys, a, step, y):
     return s, x0c, vt(step.eps), step.noise.numpy().reshape(x0c.shape), view.U_T(y).numpy()
 
 
+@pytest.mark.parametrize("sv_zero", [0.0, "auto"])
 @pytest.mark.parametrize("sigma", [0.0, 0.3])
 @pytest.mark.parametrize("eta, eta_b", [(0.85, 1.0), (0.4, 0.7)])
-def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b):
+def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b, sv_zero):
     """One DDRM step (Kawar et al. 2022, eqs. 7–8) against the formulas coefficient by
     coefficient: σ_{t-1} = 0.4 makes s σ_{t-1} = 0.8 ≥ σ_y, 0.2 < σ_y, 0.02 < σ_y (σ_y = 0.3), and
-    two null directions."""
+    two null directions. With the cutoff sv_zero = "auto" (= σ_y / 2), s = 0.05 ≤ 0.15 counts as 0:
+    its coefficient follows the null-space line (as the reference code's ZERO and deepinv's
+    s > σ_y rule)."""
     phys, a = dense_problem(sigma)
     sig_prev = 0.4
     ab_prev = 1 / (1 + sig_prev ** 2)
     step, y = one_step(phys, 0.5, ab_prev)
-    got = get_solver("DDRM", eta=eta, eta_b=eta_b).step(step, y, phys)
+    got = get_solver("DDRM", eta=eta, eta_b=eta_b, sv_zero=sv_zero).step(step, y, phys)
     s, x0c, epsc, zc, uy = svd_coords(phys, a, step, y)
+    cut = sigma / 2 if sv_zero == "auto" else 0.0
+    assert (sigma > 0 and sv_zero == "auto") == bool(((s > 0) & (s <= cut)).any())
+    s = np.where(s > cut, s, 0.0)
     want = np.zeros_like(x0c)
     for n in range(2):
         for i in range(5):
@@ -87,18 +93,21 @@ def test_ddrm_step_matches_the_three_cases(sigma, eta, eta_b):
     torch.testing.assert_close(got, want_x, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("sv_zero", [0.0, "auto"])
 @pytest.mark.parametrize("sigma", [0.0, 0.3])
-def test_ddnm_step_matches_eqs_17_and_51(sigma):
+def test_ddnm_step_matches_eqs_17_and_51(sigma, sv_zero):
     """One DDNM+ step against the per-singular-value λ_i, d₁, d₂ of Wang et al. 2023 (eq. 17, eq. 51),
-    computed densely: x̂0 = x0_hat − V Λ Σ⁺ Uᵀ (A x0_hat − y), x_{t-1} = a x̂0 + V(d₁ Vᵀz + d₂ Vᵀε̂)."""
+    computed densely: x̂0 = x0_hat − V Λ Σ⁺ Uᵀ (A x0_hat − y), x_{t-1} = a x̂0 + V(d₁ Vᵀz + d₂ Vᵀε̂).
+    With sv_zero = "auto" (= σ_y / 2), s = 0.05 ≤ 0.15 counts as a null direction."""
     phys, a_mat = dense_problem(sigma)
     eta = 0.85
     ab_prev = 0.8
     step, y = one_step(phys, 0.5, ab_prev)
-    got = get_solver("DDNM", eta=eta).step(step, y, phys)
+    got = get_solver("DDNM", eta=eta, sv_zero=sv_zero).step(step, y, phys)
     a, sig = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
     view = phys.spectral
     s = view.sing(view.V_T(step.x0_hat)).numpy().reshape(-1)
+    s = np.where(s > (sigma / 2 if sv_zero == "auto" else 0.0), s, 0.0)
     corr = view.U_T(phys.A(step.x0_hat) - y).numpy()
     zc, ec = view.V_T(step.noise).numpy(), view.V_T(step.eps).numpy()
     lam, d1, d2 = np.ones(5), np.full(5, eta * sig), np.full(5, math.sqrt(1 - eta ** 2) * sig)
@@ -120,6 +129,24 @@ def test_ddnm_step_matches_eqs_17_and_51(sigma):
         x0 = step.x0_hat.numpy().reshape(2, 5)
         want0 = (pinv @ y.numpy().reshape(2, 3).T).T + ((np.eye(5) - pinv @ a_mat) @ x0.T).T
         np.testing.assert_allclose(x0_new, want0, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["DDRM", "DDNM"])
+def test_cutoff_makes_small_singular_directions_ignore_y(name):
+    """With the default cutoff (σ_y / 2 = 0.15), the measurement along the left singular vector of
+    s = 0.05 has no effect on the step (null space); with sv_zero = 0 it has (the code before)."""
+    phys, a = dense_problem(0.3)
+    step, y = one_step(phys, 0.5, 0.9)
+    view = phys.spectral
+    s = view.sing(view.V_T(step.x0_hat)).reshape(-1)
+    e = torch.zeros(2, 5, dtype=torch.float64)
+    e[:, int(torch.nonzero((s > 0) & (s < 0.1)).flatten()[0])] = 1.0
+    y2 = y + view.U(e).reshape(y.shape)                    # move y along that direction only
+    assert torch.allclose(view.U_T(y2 - y), e)
+    for sv_zero, same in (("auto", True), (0.0, False)):
+        solver = get_solver(name, eta=0.85, sv_zero=sv_zero)
+        out1, out2 = solver.step(step, y, phys), solver.step(step, y2, phys)
+        assert torch.allclose(out1, out2, atol=1e-12) == same
 
 
 def test_ddnm_plus_equals_ddrm_with_eta_b_1_for_noisy_measurements():
