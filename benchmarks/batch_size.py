@@ -50,6 +50,14 @@ def sample_in_batches(sampling: str, task: str, overrides: list[str], batches: l
     configs, _ = apply_overrides(configs, overrides)
     problem = build_problem(configs, "cpu", seed)
     model = build_model(configs["model"], "cpu")
+    return sample_problem_in_batches(problem, model, batches, seed)
+
+
+def sample_problem_in_batches(problem, model, batches: list[list[int]], seed: int = 22
+                              ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """({i: x0 (C, H, W)}, {i: clean image (C, H, W)}) for every image index in ``batches``, each
+    batch measured and sampled as runner.Runner does (image i's kernel or mask, noise and sampler
+    noise from generators seeded by (seed, i))."""
     x0s, xs = {}, {}
     for idx in batches:
         x = torch.stack([problem.dataset.load(i) for i in idx])
@@ -58,7 +66,7 @@ def sample_in_batches(sampling: str, task: str, overrides: list[str], batches: l
         res = sample(model, problem.sampler, randn(x.shape[1:], gens), y, problem.solver, problem.physics, gens,
                      progress=False)
         for k, i in enumerate(idx):
-            x0s[i], xs[i] = res.x0[k].detach(), x[k]
+            x0s[i], xs[i] = res.x0[k].detach().clone(), x[k]
     return x0s, xs
 
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from cli_helpers import REPO, TINY_DDIM, TINY_DDPM, TINY_MODEL
+from benchmarks.batch_size import sample_problem_in_batches
 from builder import build_model, build_problem
-from sampling.loop import sample
 from util.config import apply_overrides, load_yaml
-from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,17 +51,9 @@ def problem_and_model(model_cfg: str, diffusion_cfg: str, task_cfg: str, overrid
 
 
 def sample_in_batches(problem, model, batches: list[list[int]], seed: int = 22) -> dict[int, torch.Tensor]:
-    """x0 of every image, sampled in the given batches exactly as runner.Runner does."""
-    out = {}
-    for idx in batches:
-        x = torch.stack([problem.dataset.load(i) for i in idx])
-        y = problem.physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
-        gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = sample(model, problem.sampler, randn(x.shape[1:], gens), y, problem.solver, problem.physics, gens,
-                     progress=False)
-        for k, i in enumerate(idx):
-            out[i] = res.x0[k].detach().clone()
-    return out
+    """x0 of every image, sampled in the given batches exactly as runner.Runner does (the
+    benchmark's own loop, benchmarks.batch_size)."""
+    return sample_problem_in_batches(problem, model, batches, seed)[0]
 
 
 TINY_CASES = {
