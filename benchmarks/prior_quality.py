@@ -177,10 +177,14 @@ def main(argv=None) -> int:
     p.add_argument("--diffusion-config", default=config_path("DDIM", "diffusion_config"))
     p.add_argument("--steps", default="", help="override timestep_respacing (e.g. ddim10)")
     p.add_argument("--classifier", default=DEFAULT_PATH)
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "prior_quality.md"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "prior_quality.md"),
+                   help="the Markdown file (its .json and _<k>.png grids go next to it); an existing folder "
+                        "means <folder>/prior_quality.md")
     p.add_argument("--keep", action="store_true", help="keep earlier columns (from the JSON) not re-run")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 samples, ddim5")
     a = p.parse_args(argv)
+    if os.path.isdir(a.out):
+        a.out = os.path.join(a.out, "prior_quality.md")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(a.threads)
     if a.quick:

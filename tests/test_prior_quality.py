@@ -57,6 +57,11 @@ def test_quick_run_and_keep(tmp_path, tiny):
     res2 = json.load(open(tmp_path / "res" / "pq.json"))
     assert [c["label"] for c in res2["columns"]] == ["zero", "one"]
     assert res2["columns"][0] == col and res2["columns"][1]["sha256"] != col["sha256"]
+    # an existing folder as --out means <folder>/prior_quality.md (it once crashed after sampling)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    assert main(["--model-config", cfg, "--steps", "ddim2", "--out", str(folder), "--num", "2", "--ckpt", m0]) == 0
+    assert (folder / "prior_quality.md").is_file() and (folder / "prior_quality.json").is_file()
 
 
 def test_bad_input_exits_2(tmp_path, tiny, capsys):
