@@ -121,19 +121,28 @@ def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mappi
     """Log one warning when the run's number of steps differs from the one the task config was
     tuned for (``conditioning.tuned_respacing``, e.g. ``ddim100``): ``t_div`` and a numeric
     ``scale`` count steps, so a config tuned at 100 steps can fall below the blurred input at 20.
-    ``num_steps``: the respaced sampler's ``num_timesteps``. Returns whether it warned.
+    ``num_steps``: the respaced sampler's ``num_timesteps``. Also warns when the step counts agree
+    but one of the two respacings is a low-noise grid (``sigma<N>max<S>``) and they differ.
+    Returns whether it warned.
     Raises ValueError for a ``tuned_respacing`` that is not a valid respacing."""
-    from guided_diffusion.respace import space_timesteps
+    from guided_diffusion.respace import get_named_beta_schedule, space_timesteps
     tuned = conditioning.get("tuned_respacing")
     if tuned in (None, ""):
         return False
     steps = diffusion_cfg.get("steps", 1000)
     try:
-        tuned_steps = len(space_timesteps(steps, tuned))
+        betas = get_named_beta_schedule(diffusion_cfg.get("noise_schedule", "linear"), steps)
+        tuned_steps = len(space_timesteps(steps, tuned, betas))
     except ValueError as exc:
         raise ConfigError(f"task config: conditioning.tuned_respacing {tuned!r} is not a valid timestep_respacing: "
                           f"{' '.join(str(exc).split())}") from exc
     if tuned_steps == num_steps:
+        run = diffusion_cfg.get("timestep_respacing", "")
+        grids = [str(r).startswith("sigma") for r in (tuned, run)]
+        if any(grids) and str(tuned) != str(run):
+            log.warning("task config tuned on time grid %s but this run uses %s (same %d steps): the values may "
+                        "not fit this grid", tuned, run, num_steps)
+            return True
         return False
     params = conditioning.get("params") or {}
     hint = ("; scale: auto adapts the step size to the respacing" if params.get("scale") != "auto" else "")
