@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             s = run_method(spec, a.task, params, respacing, a.split, a.num, a.seed)
             m, se = mean_se(s.psnr)
             rec = dict(method=spec.name, task=a.task, respacing=respacing, params=params, split=a.split, num=a.num,
-                       seed=a.seed, psnr=round(m, 3), se=round(se, 3), ssim=round(mean_se(s.ssim)[0], 4), nfe=s.nfe)
+                       seed=a.seed, psnr=round(m, 3), se=round(se, 3), ssim=round(mean_se(s.ssim)[0], 4), nfe=s.nfe,
+                       psnrs=[round(v, 3) for v in s.psnr], ssims=[round(v, 4) for v in s.ssim])
             line = json.dumps(rec)
             print(line, flush=True)
             if a.out:

@@ -109,6 +109,19 @@ def test_time_grid_is_checked_and_tuned_table_keyed_by_grid(caplog):
     assert not warn_untuned_respacing({"tuned_respacing": "ddim100"}, {**dcfg, "timestep_respacing": "100"}, 100)
 
 
+def test_time_grid_override_both_ways():
+    from util.config import apply_overrides
+    task = {"conditioning": {"method": "DDRM", "params": {}, "time_grid": {"sigma_max": 2}},
+            "data": {"name": "folder"}, "measurement": {"operator": {"name": "gaussian_blur"}}}
+    out, _ = apply_overrides({"task": task}, ["task.conditioning.time_grid=uniform"])
+    assert out["task"]["conditioning"]["time_grid"] == "uniform"
+    out, _ = apply_overrides(out, ["task.conditioning.time_grid={sigma_max: 1.5}"])
+    assert out["task"]["conditioning"]["time_grid"] == {"sigma_max": 1.5}
+    del task["conditioning"]["time_grid"]
+    out, _ = apply_overrides({"task": task}, ["task.conditioning.time_grid={sigma_max: 3}"])
+    assert grid_respacing("ddim20", out["task"]["conditioning"]["time_grid"]) == "sigma20max3"
+
+
 def test_apply_choice_writes_a_grid_key(tmp_path):
     from benchmarks import tune
     path = tmp_path / "ddrm.yaml"

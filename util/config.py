@@ -25,6 +25,9 @@ SECTIONS = ("model", "diffusion", "task")
 #: (e.g. ``attention_resolutions: 16`` or ``"32,16,8"``, ``timestep_respacing: 1000`` or ``ddim100``).
 FLEXIBLE_KEYS = frozenset({"channel_mult", "attention_resolutions", "timestep_respacing"})
 
+#: Keys whose value may be a string or a mapping (``time_grid: uniform`` or ``{sigma_max: 2}``).
+GRID_KEYS = frozenset({"time_grid"})
+
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
@@ -121,6 +124,8 @@ def _coerce(key: str, old: Any, new: Any, where: str) -> Any:
     place of a number or bool and back) and return it in ``old``'s container type (a list
     replacing a tuple becomes a tuple). Raises ConfigError."""
     if key in FLEXIBLE_KEYS and _kind(new) in ("number", "str", "sequence"):
+        return new
+    if key in GRID_KEYS and _kind(new) in ("str", "mapping"):   # checked by check_task_layout
         return new
     ok, nk = _kind(old), _kind(new)
     if AUTO in (old, new) and {ok, nk} <= {"number", "bool", "str"}:   # scale: auto <-> 0.1; the component checks
