@@ -272,7 +272,8 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
                   measurement_dir: str | None = None) -> Problem:
     """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
     the task layout, the types of the model and diffusion keys, what the sampler can serve
-    (:func:`check_servable`), the sampler, measurement, solver and data.
+    (:func:`check_servable`), the sampler (on the task's ``conditioning.time_grid``, if any),
+    measurement, solver and data.
     With ``measurement_dir`` the images are the measurements of that folder (read and checked
     now, see :mod:`util.measurement_io`) instead of ``task.data``.
 
@@ -284,10 +285,14 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     check_servable(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     check_speed_settings(configs["model"])
-    sampler = build_sampler(configs["diffusion"])
+    from guided_diffusion.respace import grid_respacing
+    diffusion = dict(configs["diffusion"])     # the method's time grid (idempotent: main.py applied it already)
+    diffusion["timestep_respacing"] = grid_respacing(diffusion.get("timestep_respacing", ""),
+                                                     task["conditioning"].get("time_grid"))
+    sampler = build_sampler(diffusion)
     physics = build_physics(task["measurement"], device)
     solver = build_solver(task["conditioning"])
-    warn_untuned_respacing(task["conditioning"], configs["diffusion"], sampler.num_timesteps)
+    warn_untuned_respacing(task["conditioning"], diffusion, sampler.num_timesteps)
     fixed = fixed_params(task["measurement"], shape)
     dry_run_operator(physics, shape, seed, device)
     solver.check(physics)
