@@ -121,19 +121,28 @@ def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mappi
     """Log one warning when the run's number of steps differs from the one the task config was
     tuned for (``conditioning.tuned_respacing``, e.g. ``ddim100``): ``t_div`` and a numeric
     ``scale`` count steps, so a config tuned at 100 steps can fall below the blurred input at 20.
-    ``num_steps``: the respaced sampler's ``num_timesteps``. Returns whether it warned.
+    ``num_steps``: the respaced sampler's ``num_timesteps``. Also warns when the step counts agree
+    but one of the two respacings is a low-noise grid (``sigma<N>max<S>``) and they differ.
+    Returns whether it warned.
     Raises ValueError for a ``tuned_respacing`` that is not a valid respacing."""
-    from guided_diffusion.respace import space_timesteps
+    from guided_diffusion.respace import get_named_beta_schedule, space_timesteps
     tuned = conditioning.get("tuned_respacing")
     if tuned in (None, ""):
         return False
     steps = diffusion_cfg.get("steps", 1000)
     try:
-        tuned_steps = len(space_timesteps(steps, tuned))
+        betas = get_named_beta_schedule(diffusion_cfg.get("noise_schedule", "linear"), steps)
+        tuned_steps = len(space_timesteps(steps, tuned, betas))
     except ValueError as exc:
         raise ConfigError(f"task config: conditioning.tuned_respacing {tuned!r} is not a valid timestep_respacing: "
                           f"{' '.join(str(exc).split())}") from exc
     if tuned_steps == num_steps:
+        run = diffusion_cfg.get("timestep_respacing", "")
+        grids = [str(r).startswith("sigma") for r in (tuned, run)]
+        if any(grids) and str(tuned) != str(run):
+            log.warning("task config tuned on time grid %s but this run uses %s (same %d steps): the values may "
+                        "not fit this grid", tuned, run, num_steps)
+            return True
         return False
     params = conditioning.get("params") or {}
     hint = ("; scale: auto adapts the step size to the respacing" if params.get("scale") != "auto" else "")
@@ -263,7 +272,8 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
                   measurement_dir: str | None = None) -> Problem:
     """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
     the task layout, the types of the model and diffusion keys, what the sampler can serve
-    (:func:`check_servable`), the sampler, measurement, solver and data.
+    (:func:`check_servable`), the sampler (on the task's ``conditioning.time_grid``, if any),
+    measurement, solver and data.
     With ``measurement_dir`` the images are the measurements of that folder (read and checked
     now, see :mod:`util.measurement_io`) instead of ``task.data``.
 
@@ -275,10 +285,14 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     check_servable(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     check_speed_settings(configs["model"])
-    sampler = build_sampler(configs["diffusion"])
+    from guided_diffusion.respace import grid_respacing
+    diffusion = dict(configs["diffusion"])     # the method's time grid (idempotent: main.py applied it already)
+    diffusion["timestep_respacing"] = grid_respacing(diffusion.get("timestep_respacing", ""),
+                                                     task["conditioning"].get("time_grid"))
+    sampler = build_sampler(diffusion)
     physics = build_physics(task["measurement"], device)
     solver = build_solver(task["conditioning"])
-    warn_untuned_respacing(task["conditioning"], configs["diffusion"], sampler.num_timesteps)
+    warn_untuned_respacing(task["conditioning"], diffusion, sampler.num_timesteps)
     fixed = fixed_params(task["measurement"], shape)
     dry_run_operator(physics, shape, seed, device)
     solver.check(physics)

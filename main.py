@@ -154,6 +154,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     device, problem). ``local_rank``: this process's GPU index under torchrun (None: one
     process). Raises BadInput (or the config / data / component errors) on bad input."""
     from builder import build_problem, diffusion_config_keys, model_config_keys
+    from guided_diffusion.respace import grid_respacing
     from guided_diffusion.unet import resolve_channels_last
     from util.config import apply_overrides, apply_tuned, check_task_layout, load_yaml, overridden_params
     for flag in ("batch_size", "num_images"):
@@ -167,6 +168,9 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
                                        {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
     # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
     check_task_layout(configs["task"], args.task_config)
+    # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
+    configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
+                                                                configs["task"]["conditioning"].get("time_grid"))
     configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
                                   keep=overridden_params(applied))
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))

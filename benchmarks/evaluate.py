@@ -6,7 +6,8 @@ Budget = NFE, the network calls per image. A method reports its calls per revers
 class attribute ``nfe_per_step`` (default 1; a method with extra calls sets it, or a callable
 ``nfe_per_step(params) -> int``); the respacing then has budget / nfe_per_step steps:
 ``ddim<steps>`` for methods whose configs live in ``configs/MNIST/DDIM``, ``"<steps>"`` (respaced
-DDPM) for those in ``configs/MNIST/DDPM``. The NFE the loop counted is recorded with every
+DDPM) for those in ``configs/MNIST/DDPM``, each put on the time grid the method's task config
+declares (``conditioning.time_grid``; e.g. ``sigma<steps>max2``, same steps, same NFE). The NFE the loop counted is recorded with every
 result, so a method that miscounts shows up in the tables.
 """
 from __future__ import annotations
@@ -159,25 +160,35 @@ def nfe_per_step(name: str, params: Mapping[str, Any]) -> int:
     return int(value)
 
 
-def respacing_for(spec: MethodSpec, budget: int, params: Mapping[str, Any]) -> str:
-    """The ``timestep_respacing`` that spends ``budget`` network calls per image.
+def respacing_for(spec: MethodSpec, budget: int, params: Mapping[str, Any], task: str | None = None) -> str:
+    """The ``timestep_respacing`` that spends ``budget`` network calls per image: ``ddim<steps>``
+    (DDIM folder) or ``"<steps>"`` (DDPM folder), put on the time grid of the method's ``task``
+    config (``conditioning.time_grid``, e.g. ``sigma<steps>max2``) when ``task`` is given and the
+    config sets one (:func:`guided_diffusion.respace.grid_respacing`, as main.py does).
 
     Raises:
-        ValueError: the budget is not a positive multiple of the method's calls per step.
+        ValueError: the budget is not a positive multiple of the method's calls per step, or a
+            bad ``time_grid``.
     """
+    from guided_diffusion.respace import grid_respacing
     k = nfe_per_step(spec.name, params)
     if budget < 1 or budget % k:
         raise ValueError(f"{spec.name}: budget {budget} NFE is not a multiple of its {k} calls per step")
     steps = budget // k
-    return f"ddim{steps}" if spec.sampling == "DDIM" else str(steps)
+    respacing = f"ddim{steps}" if spec.sampling == "DDIM" else str(steps)
+    return grid_respacing(respacing, time_grid(spec, task)) if task is not None else respacing
+
+
+def time_grid(spec: MethodSpec, task: str) -> Any:
+    """The ``conditioning.time_grid`` of method ``spec``'s ``task`` config (None when unset)."""
+    return (load_yaml(spec.configs[task], "task config").get("conditioning") or {}).get("time_grid")
 
 
 def steps_of(respacing: str) -> int:
-    """Reverse steps of a respacing string (``ddim50`` -> 50, ``"250"`` -> 250, ``"10,10"`` -> 20)."""
-    s = str(respacing)
-    if s.startswith("ddim"):
-        return int(s[4:])
-    return sum(int(v) for v in s.split(","))
+    """Reverse steps of a respacing string (``ddim50`` -> 50, ``"250"`` -> 250, ``"10,10"`` -> 20,
+    ``sigma100max2`` -> 100)."""
+    from guided_diffusion.respace import respacing_steps
+    return respacing_steps(respacing)
 
 
 def diffusion_config(spec: MethodSpec) -> dict:

@@ -101,7 +101,7 @@ def run_cell(spec: MethodSpec, task: str, budget: int, num: int, seed: int, batc
     that a later classifier can score them without re-running."""
     cond = load_yaml(spec.configs[task], "task config")["conditioning"]
     base = cond.get("params") or {}
-    respacing = respacing_for(spec, budget, base)
+    respacing = respacing_for(spec, budget, base, task)
     tuned_at = {str(k) for k in (cond.get("tuned") or {})} | {str(cond.get("tuned_respacing"))}
     params = method_params(spec, task, respacing)
     key = cell_key(spec, task, budget, num, seed)
@@ -307,7 +307,7 @@ def registered_without_configs(specs: Mapping[str, Any]) -> list[str]:
 def cell_key(spec: MethodSpec, task: str, budget: int, num: int, seed: int) -> str:
     """The cache key of a cell (see :func:`run_cell`)."""
     base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
-    respacing = respacing_for(spec, budget, base)
+    respacing = respacing_for(spec, budget, base, task)
     return cache_key(kind="leaderboard", method=spec.name, task=task, respacing=respacing,
                      params=method_params(spec, task, respacing), split="test", num=num, seed=seed,
                      measurement=measurement_config(task), diffusion=diffusion_config(spec), prior=prior_digest())

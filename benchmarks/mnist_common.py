@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from builder import build_physics, build_model, build_sampler, build_solver
+from guided_diffusion.respace import grid_respacing
 from sampling import sample
 from util.config import load_yaml
 from util.metrics import psnr, ssim
@@ -93,7 +94,9 @@ def restore(method: str, task: str, m: Measured, indices, seed: int, params: dic
     cond = dict(cfg["conditioning"])
     cond["params"] = {**(cond.get("params") or {}), **(params or {})}
     solver = build_solver(cond, m.physics)
-    sampler = build_sampler(load_yaml(config_path(METHODS[method][0], "diffusion_config")))
+    dcfg = load_yaml(config_path(METHODS[method][0], "diffusion_config"))
+    dcfg["timestep_respacing"] = grid_respacing(dcfg["timestep_respacing"], cond.get("time_grid"))   # as main.py
+    sampler = build_sampler(dcfg)
     gens = torch_generators(seed, indices, STREAM_SAMPLER)
     t0 = time.perf_counter()
     res = sample(load_prior(), sampler, randn(m.x.shape[1:], gens), m.y, solver, m.physics, gens,

@@ -44,8 +44,9 @@ import yaml
 
 from benchmarks.evaluate import (Cache, select, MethodSpec, budgets_of, cache_key, diffusion_config,
                                  measurement_config, mean_se, prior_digest, respacing_for, run_method,
-                                 solver_class, steps_of)
+                                 solver_class, steps_of, time_grid)
 from benchmarks.mnist_common import ROOT, TASKS
+from guided_diffusion.respace import grid_respacing
 from util.config import ConfigLoader, load_yaml
 from util.image_io import atomic_write_bytes, write_csv
 
@@ -322,7 +323,7 @@ def tune_one(spec: MethodSpec, task: str, budget: int, metric: str = "psnr", num
         raise ValueError(f"{spec.name} has no MNIST config for {task}")
     base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
     space = space_for(spec.name, base)
-    respacing = respacing_for(spec, budget, base)
+    respacing = respacing_for(spec, budget, base, task)
     fixed = fixed_params(spec, task, respacing, space)
     digest = prior_digest()
     meas = measurement_config(task)
@@ -558,7 +559,8 @@ def main(argv=None) -> int:
                       + (f"; ON EDGE: {', '.join(choice.edge)}" if choice.edge else "") + ")", flush=True)
                 if a.apply:
                     path = apply_choice(spec.configs[task], choice.respacing, choice.params,
-                                        str(diffusion_config(spec)["timestep_respacing"]))
+                                        str(grid_respacing(diffusion_config(spec)["timestep_respacing"],
+                                                           time_grid(spec, task))))
                     print(f"  applied to {os.path.relpath(path, ROOT)}", flush=True)
     return 0
 

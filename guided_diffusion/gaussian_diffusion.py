@@ -72,7 +72,7 @@ class GaussianDiffusion:
         if model_var_type not in VAR_TYPES:
             raise ValueError(f"diffusion config: unknown model_var_type {model_var_type!r}; valid: {VAR_TYPES}")
         self.original_num_steps = len(betas)
-        self.timestep_map = space_timesteps(len(betas), timestep_respacing)
+        self.timestep_map = space_timesteps(len(betas), timestep_respacing, betas)
         betas = respaced_betas(np.asarray(betas, dtype=np.float64), self.timestep_map)
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -278,7 +278,8 @@ def create_sampler(sampler: str = "ddpm", steps: int = 1000, noise_schedule: str
     """Build a DDPM or DDIM sampler from diffusion-config keys (the DPS / CoDPS config layout).
 
     ``steps``: length of the original process (1000 for the official checkpoints);
-    ``timestep_respacing``: "1000", "250", "ddim100" or section counts "10,20,30" ("" = all).
+    ``timestep_respacing``: "1000", "250", "ddim100", the low-noise grid "sigma100max2" or section
+    counts "10,20,30" ("" = all); see :func:`respace.space_timesteps`.
     The number of network evaluations per image is ``num_timesteps`` of the result.
     Raises ValueError for unknown keys (listing the valid ones) or values."""
     if unused:

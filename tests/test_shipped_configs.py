@@ -137,6 +137,7 @@ def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
     ΠGDM configs, marked UNTUNED, have nothing to record."""
     from builder import warn_untuned_respacing
     from guided_diffusion.gaussian_diffusion import create_sampler
+    from guided_diffusion.respace import grid_respacing
     d = REPO / "configs" / "MNIST" / sampler
     diffusion = load_yaml(str(d / "diffusion_config.yaml"))
     steps = create_sampler(**diffusion).num_timesteps
@@ -147,5 +148,7 @@ def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
         if "untuned" in path.read_text(encoding="utf-8").lower():
             assert "tuned_respacing" not in cond, path.name
             continue
-        assert str(cond.get("tuned_respacing")) == str(diffusion["timestep_respacing"]), path.name
-        assert not warn_untuned_respacing(cond, diffusion, steps)
+        # on the method's time grid (conditioning.time_grid), as main.py runs it
+        run = {**diffusion, "timestep_respacing": grid_respacing(diffusion["timestep_respacing"], cond.get("time_grid"))}
+        assert str(cond.get("tuned_respacing")) == str(run["timestep_respacing"]), path.name
+        assert not warn_untuned_respacing(cond, run, steps)

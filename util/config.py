@@ -25,10 +25,13 @@ SECTIONS = ("model", "diffusion", "task")
 #: (e.g. ``attention_resolutions: 16`` or ``"32,16,8"``, ``timestep_respacing: 1000`` or ``ddim100``).
 FLEXIBLE_KEYS = frozenset({"channel_mult", "attention_resolutions", "timestep_respacing"})
 
+#: Keys whose value may be a string or a mapping (``time_grid: uniform`` or ``{sigma_max: 2}``).
+GRID_KEYS = frozenset({"time_grid"})
+
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
-    "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None},
+    "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None, "time_grid": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
 }
@@ -122,6 +125,8 @@ def _coerce(key: str, old: Any, new: Any, where: str) -> Any:
     replacing a tuple becomes a tuple). Raises ConfigError."""
     if key in FLEXIBLE_KEYS and _kind(new) in ("number", "str", "sequence"):
         return new
+    if key in GRID_KEYS and _kind(new) in ("str", "mapping"):   # checked by check_task_layout
+        return new
     ok, nk = _kind(old), _kind(new)
     if AUTO in (old, new) and {ok, nk} <= {"number", "bool", "str"}:   # scale: auto <-> 0.1; the component checks
         return new
@@ -209,7 +214,9 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
     ``method``), ``data`` (with ``name``) and ``measurement`` (with ``operator`` holding ``name``)
     must be present and no unknown section may appear. ``conditioning.tuned_respacing``
     (optional, ours: the ``timestep_respacing`` the params were tuned at, e.g. ``ddim100``) must
-    be a string or an integer. Raises ConfigError listing valid keys."""
+    be a string or an integer; ``conditioning.time_grid`` (optional, ours) ``uniform`` or
+    ``{sigma_max: S}`` (see ``guided_diffusion.respace.grid_respacing``). Raises ConfigError
+    listing valid keys."""
     for key in task:
         if key not in TASK_LAYOUT:
             raise ConfigError(f"{path}: unknown section {key!r}; valid sections: {', '.join(TASK_LAYOUT)}")
@@ -239,6 +246,11 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
         raise ConfigError(f"{path}: conditioning.tuned must map a timestep_respacing (e.g. ddim20) to a mapping "
                           "of parameters")
 
+    from guided_diffusion.respace import check_time_grid
+    try:
+        check_time_grid(task["conditioning"].get("time_grid"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {str(exc).replace('task config: ', '')}") from None
     tuned = task["conditioning"].get("tuned_respacing")
     if tuned is not None and (isinstance(tuned, bool) or not isinstance(tuned, (str, int))):
         raise ConfigError(f"{path}: conditioning.tuned_respacing must be a timestep_respacing like ddim100 or "
