@@ -94,6 +94,8 @@ MAIN_OPERATOR = "gaussian_blur"
 PROBE_SIDE = 32
 #: Solvers of the memory table in a quick run (each costs a subprocess).
 QUICK_MEMORY = ("none", "CoDPS+", "DPS")
+#: The tables of a run, in order (``--tables`` selects a subset).
+TABLES = ("dc", "steps", "memory", "batch", "precision")
 #: Step t (of a 100-step schedule) at which the data-consistency call is timed: the
 #: correction is active there (CoDPS+ skips it at t = 0).
 DC_STEP = 50
@@ -758,6 +760,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solvers", default=None, help="comma-separated subset of the registered solvers (default all)")
     p.add_argument("--operators", default=None,
                    help="comma-separated subset of the registered operators for the step table (default all)")
+    p.add_argument("--tables", default=",".join(TABLES),
+                   help="comma-separated subset of the tables to run: " + ", ".join(TABLES) + " (default all; "
+                        "the network forward is always timed)")
     p.add_argument("--max_forward_s", type=float, default=60.0,
                    help="skip a precision mode whose forward is predicted to take longer (seconds)")
     p.add_argument("--psnr", action="store_true",
@@ -834,7 +839,12 @@ def run(args: argparse.Namespace) -> dict:
         unknown = [n for n in operators if n not in list_operators()]
         if unknown:
             raise ValueError(f"unknown operator(s) {unknown}; valid: {', '.join(list_operators())}")
+    tables = [n.strip() for n in args.tables.split(",") if n.strip()]
+    unknown = [n for n in tables if n not in TABLES]
+    if unknown:
+        raise ValueError(f"--tables: unknown table(s) {unknown}; valid: {', '.join(TABLES)}")
     results["solvers"] = solvers
+    results["tables"] = tables
     for size in sizes:
         full = not (quick and size == "ffhq256")   # quick: 256x256 only the forward and the DC calls
         sec: dict[str, Any] = {}
@@ -848,17 +858,23 @@ def run(args: argparse.Namespace) -> dict:
         sec["forward"] = forward_time(model, image_shape(cfg), device, warmup, 1 if not full else repeats)
         log.info("%s: forward %.3f s", size, sec["forward"]["median_s"])
         small_reps = max(repeats, 20)   # the DC calls are cheap: more repeats
-        sec["dc"] = dc_table(size, device, sec["forward"]["median_s"], warmup + 2, small_reps)
+        if "dc" in tables:
+            sec["dc"] = dc_table(size, device, sec["forward"]["median_s"], warmup + 2, small_reps)
         if not full:
             continue
-        sec["steps"] = step_table(size, model, device, warmup, repeats, solvers, operators)
-        sec["memory"] = memory_table(size, device, [s for s in solvers if s in QUICK_MEMORY] if quick else solvers)
-        mem = {r["solver"]: r for r in sec["memory"]}
-        growth = mem.get("CoDPS+", {}).get("cuda_peak_mb" if device.type == "cuda" else "rss_growth_mb")
-        sec["batch"] = batch_table(size, model, device, warmup, repeats, batches,
-                                   None if growth is None else max(growth, 1.0) * 1.5)
+        if "steps" in tables:
+            sec["steps"] = step_table(size, model, device, warmup, repeats, solvers, operators)
+        if "memory" in tables:
+            sec["memory"] = memory_table(size, device, [s for s in solvers if s in QUICK_MEMORY] if quick
+                                         else solvers)
+        if "batch" in tables:
+            mem = {r["solver"]: r for r in sec.get("memory", [])}
+            growth = mem.get("CoDPS+", {}).get("cuda_peak_mb" if device.type == "cuda" else "rss_growth_mb")
+            sec["batch"] = batch_table(size, model, device, warmup, repeats, batches,
+                                       None if growth is None else max(growth, 1.0) * 1.5)
         del model
-        sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
+        if "precision" in tables:
+            sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
     results["wall_s"] = time.perf_counter() - start
     out = output_folder(args.out, quick)
     os.makedirs(out, exist_ok=True)
