@@ -105,6 +105,27 @@ DC_STEP = 50
 # Timing helpers
 # ------------------------------------------------------------------------------------------
 
+#: The clocks of ``--clock``: ``wall`` (time.perf_counter, the default) or ``cpu``
+#: (time.process_time: this process's CPU seconds, all threads summed; with ``--threads 1`` on the
+#: CPU it is the wall time of a machine to oneself, and it does not count the time other jobs on a
+#: shared machine take from this one).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_CLOCK = ["wall"]
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def clock() -> float:
+    """Seconds on the clock chosen by ``--clock`` (:data:`CLOCKS`)."""
+    return CLOCKS[_CLOCK[0]]()
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued work on ``device`` (CUDA); no-op on the CPU."""
     if device.type == "cuda":
@@ -119,10 +140,10 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
     sync(device)
     times = []
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
@@ -138,10 +159,10 @@ class TimedModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:  # noqa: D102
         sync(self.device)
-        start = time.perf_counter()
+        start = clock()
         out = self.model(x, t, **kw)
         sync(self.device)
-        self.times.append(time.perf_counter() - start)
+        self.times.append(clock() - start)
         self.calls += 1
         return out
 
@@ -171,10 +192,10 @@ def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y
 
     def callback(i: int, t: int, x0_hat: torch.Tensor, residual: torch.Tensor) -> None:
         sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
 
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     sample(timed, sampler, x_t, y, solver, physics, gens, callback=callback, progress=False)
     bounds = [start] + stamps
     step_times = [bounds[k + 1] - bounds[k] for k in range(steps)]
@@ -681,7 +702,11 @@ def report(results: dict) -> str:
            f"`{results['command']}`, {results['date']}, {results['wall_s']:.0f} s.", "",
            f"Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs; {', '.join(m['cpu_features']) or 'no AVX'}), "
            f"{m.get('gpu', 'no GPU')}; torch {m['torch']}, {m['threads']} threads, device {m['device']}. "
-           + ("Random weights; medians of the repeats after warm-up." if results.get("mode") != "psnr" else ""), ""]
+           + ("Random weights; medians of the repeats after warm-up." if results.get("mode") != "psnr" else "")
+           + (" Times are CPU seconds of this process (`--clock cpu`, time.process_time), not wall seconds."
+              if results.get("clock") == "cpu" else "")
+           + (f" Load average (1 min) {results['load_average'][0]:.1f} at the start, "
+              f"{results['load_average'][1]:.1f} at the end." if None not in (results.get("load_average") or [None]) else ""), ""]
     for size, sec in results["sizes"].items():
         out += [f"## {size}", ""]
         if "forward" in sec:
@@ -763,6 +788,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tables", default=",".join(TABLES),
                    help="comma-separated subset of the tables to run: " + ", ".join(TABLES) + " (default all; "
                         "the network forward is always timed)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed seconds (default); cpu: this process's CPU seconds (time.process_time), "
+                        "with --threads 1 on a CPU the figure of a machine to oneself, robust to other jobs "
+                        "sharing the machine (not with --device cuda)")
     p.add_argument("--max_forward_s", type=float, default=60.0,
                    help="skip a precision mode whose forward is predicted to take longer (seconds)")
     p.add_argument("--psnr", action="store_true",
@@ -810,6 +839,9 @@ def output_folder(out: str | None, quick: bool) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described by ``args``; returns the results (also written to disk)."""
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"--clock cpu times CPU work only; use --clock wall with --device {device}")
+    _CLOCK[0] = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -823,9 +855,10 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if args.psnr:
         return run_psnr(args, device, start)
+    load_start = _load_average()
     results: dict[str, Any] = {"quick": quick, "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
                                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(device),
-                               "warmup": warmup, "repeats": repeats, "sizes": {}}
+                               "warmup": warmup, "repeats": repeats, "clock": args.clock, "sizes": {}}
     solvers = solver_names()
     if args.solvers:
         wanted = [n.strip() for n in args.solvers.split(",") if n.strip()]
@@ -876,6 +909,7 @@ def run(args: argparse.Namespace) -> dict:
         if "precision" in tables:
             sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
     results["wall_s"] = time.perf_counter() - start
+    results["load_average"] = [load_start, _load_average()]
     out = output_folder(args.out, quick)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"speed_{device.type}{'_quick' if quick else ''}")

@@ -120,3 +120,30 @@ def test_group_norm_bf16_cpu_matches_float32_round_trip(shape, channels_last):
         torch.testing.assert_close(out.float(), ref.float(), rtol=2 ** -7, atol=1e-6)
         assert (out != ref).float().mean() < 1e-2
         assert torch.equal(norm(x32), torch.nn.functional.group_norm(x32, 32, norm.weight, norm.bias, norm.eps))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_in_place_inference_path_equals_the_autograd_path(channels_last):
+    """Without autograd, ResBlocks update their fresh intermediates in place (SiLU after GroupNorm,
+    scale-shift, skip sum): the output equals the out-of-place forward of autograd bit for bit in
+    float32, in either memory layout, and the caller's input is left as it was."""
+    from guided_diffusion.precision import set_mode
+    torch.manual_seed(0)
+    m = _tiny(use_scale_shift_norm=True)
+    for p in m.parameters():
+        p.data.normal_(0, 0.2)
+    set_mode(m, "fp32", channels_last)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 700])
+    x_copy = x.clone()
+    with torch.inference_mode():
+        fast = m(x, t)
+    with torch.enable_grad():
+        ref = m(x.requires_grad_(True), t)
+    assert torch.equal(fast, ref.detach())
+    assert torch.equal(x.detach(), x_copy)
+    m2 = _tiny(use_scale_shift_norm=False)
+    for p in m2.parameters():
+        p.data.normal_(0, 0.2)
+    with torch.no_grad():
+        fast = m2(x_copy, t)
+    assert torch.equal(fast, m2(x_copy, t).detach())
