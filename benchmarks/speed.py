@@ -9,6 +9,9 @@ size (32×32), with peak memory, images per hour against batch size and half pre
     python -m benchmarks.speed --psnr       # bf16 (CPU) / fp16 (CUDA) against fp32: PSNR on the test digits
     python -m benchmarks.speed --e2e        # whole main.py processes per method, size, precision
                                             # (benchmarks/e2e.py; its arguments follow --e2e)
+    python -m benchmarks.speed --tables steps,memory --solvers DDRM,TMPD   # some tables, some methods
+    python -m benchmarks.speed --threads 1 --clock cpu   # CPU seconds of this process instead of wall
+                                            # seconds (a machine shared with other jobs)
 
 Everything is timed in one process and one run, with warm-up calls and the median of repeats
 (``torch.cuda.synchronize`` around every timed call on a GPU). Networks have random weights
