@@ -9,6 +9,9 @@ size (32×32), with peak memory, images per hour against batch size and half pre
     python -m benchmarks.speed --psnr       # bf16 (CPU) / fp16 (CUDA) against fp32: PSNR on the test digits
     python -m benchmarks.speed --e2e        # whole main.py processes per method, size, precision
                                             # (benchmarks/e2e.py; its arguments follow --e2e)
+    python -m benchmarks.speed --tables steps,memory --solvers DDRM,TMPD   # some tables, some methods
+    python -m benchmarks.speed --threads 1 --clock cpu   # CPU seconds of this process instead of wall
+                                            # seconds (a machine shared with other jobs)
 
 Everything is timed in one process and one run, with warm-up calls and the median of repeats
 (``torch.cuda.synchronize`` around every timed call on a GPU). Networks have random weights
@@ -94,6 +97,8 @@ MAIN_OPERATOR = "gaussian_blur"
 PROBE_SIDE = 32
 #: Solvers of the memory table in a quick run (each costs a subprocess).
 QUICK_MEMORY = ("none", "CoDPS+", "DPS")
+#: The tables of a run, in order (``--tables`` selects a subset).
+TABLES = ("dc", "steps", "memory", "batch", "precision")
 #: Step t (of a 100-step schedule) at which the data-consistency call is timed: the
 #: correction is active there (CoDPS+ skips it at t = 0).
 DC_STEP = 50
@@ -102,6 +107,27 @@ DC_STEP = 50
 # ------------------------------------------------------------------------------------------
 # Timing helpers
 # ------------------------------------------------------------------------------------------
+
+#: The clocks of ``--clock``: ``wall`` (time.perf_counter, the default) or ``cpu``
+#: (time.process_time: this process's CPU seconds, all threads summed; with ``--threads 1`` on the
+#: CPU it is the wall time of a machine to oneself, and it does not count the time other jobs on a
+#: shared machine take from this one).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_CLOCK = ["wall"]
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def clock() -> float:
+    """Seconds on the clock chosen by ``--clock`` (:data:`CLOCKS`)."""
+    return CLOCKS[_CLOCK[0]]()
+
 
 def sync(device: torch.device) -> None:
     """Wait for queued work on ``device`` (CUDA); no-op on the CPU."""
@@ -117,10 +143,10 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
     sync(device)
     times = []
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
@@ -136,10 +162,10 @@ class TimedModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:  # noqa: D102
         sync(self.device)
-        start = time.perf_counter()
+        start = clock()
         out = self.model(x, t, **kw)
         sync(self.device)
-        self.times.append(time.perf_counter() - start)
+        self.times.append(clock() - start)
         self.calls += 1
         return out
 
@@ -169,10 +195,10 @@ def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y
 
     def callback(i: int, t: int, x0_hat: torch.Tensor, residual: torch.Tensor) -> None:
         sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
 
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     sample(timed, sampler, x_t, y, solver, physics, gens, callback=callback, progress=False)
     bounds = [start] + stamps
     step_times = [bounds[k + 1] - bounds[k] for k in range(steps)]
@@ -679,7 +705,11 @@ def report(results: dict) -> str:
            f"`{results['command']}`, {results['date']}, {results['wall_s']:.0f} s.", "",
            f"Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs; {', '.join(m['cpu_features']) or 'no AVX'}), "
            f"{m.get('gpu', 'no GPU')}; torch {m['torch']}, {m['threads']} threads, device {m['device']}. "
-           + ("Random weights; medians of the repeats after warm-up." if results.get("mode") != "psnr" else ""), ""]
+           + ("Random weights; medians of the repeats after warm-up." if results.get("mode") != "psnr" else "")
+           + (" Times are CPU seconds of this process (`--clock cpu`, time.process_time), not wall seconds."
+              if results.get("clock") == "cpu" else "")
+           + (f" Load average (1 min) {results['load_average'][0]:.1f} at the start, "
+              f"{results['load_average'][1]:.1f} at the end." if None not in (results.get("load_average") or [None]) else ""), ""]
     for size, sec in results["sizes"].items():
         out += [f"## {size}", ""]
         if "forward" in sec:
@@ -758,6 +788,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solvers", default=None, help="comma-separated subset of the registered solvers (default all)")
     p.add_argument("--operators", default=None,
                    help="comma-separated subset of the registered operators for the step table (default all)")
+    p.add_argument("--tables", default=",".join(TABLES),
+                   help="comma-separated subset of the tables to run: " + ", ".join(TABLES) + " (default all; "
+                        "the network forward is always timed)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed seconds (default); cpu: this process's CPU seconds (time.process_time), "
+                        "with --threads 1 on a CPU the figure of a machine to oneself, robust to other jobs "
+                        "sharing the machine (not with --device cuda)")
     p.add_argument("--max_forward_s", type=float, default=60.0,
                    help="skip a precision mode whose forward is predicted to take longer (seconds)")
     p.add_argument("--psnr", action="store_true",
@@ -805,6 +842,9 @@ def output_folder(out: str | None, quick: bool) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described by ``args``; returns the results (also written to disk)."""
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"--clock cpu times CPU work only; use --clock wall with --device {device}")
+    _CLOCK[0] = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -818,9 +858,10 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if args.psnr:
         return run_psnr(args, device, start)
+    load_start = _load_average()
     results: dict[str, Any] = {"quick": quick, "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:]),
                                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(device),
-                               "warmup": warmup, "repeats": repeats, "sizes": {}}
+                               "warmup": warmup, "repeats": repeats, "clock": args.clock, "sizes": {}}
     solvers = solver_names()
     if args.solvers:
         wanted = [n.strip() for n in args.solvers.split(",") if n.strip()]
@@ -834,7 +875,12 @@ def run(args: argparse.Namespace) -> dict:
         unknown = [n for n in operators if n not in list_operators()]
         if unknown:
             raise ValueError(f"unknown operator(s) {unknown}; valid: {', '.join(list_operators())}")
+    tables = [n.strip() for n in args.tables.split(",") if n.strip()]
+    unknown = [n for n in tables if n not in TABLES]
+    if unknown:
+        raise ValueError(f"--tables: unknown table(s) {unknown}; valid: {', '.join(TABLES)}")
     results["solvers"] = solvers
+    results["tables"] = tables
     for size in sizes:
         full = not (quick and size == "ffhq256")   # quick: 256x256 only the forward and the DC calls
         sec: dict[str, Any] = {}
@@ -848,18 +894,25 @@ def run(args: argparse.Namespace) -> dict:
         sec["forward"] = forward_time(model, image_shape(cfg), device, warmup, 1 if not full else repeats)
         log.info("%s: forward %.3f s", size, sec["forward"]["median_s"])
         small_reps = max(repeats, 20)   # the DC calls are cheap: more repeats
-        sec["dc"] = dc_table(size, device, sec["forward"]["median_s"], warmup + 2, small_reps)
+        if "dc" in tables:
+            sec["dc"] = dc_table(size, device, sec["forward"]["median_s"], warmup + 2, small_reps)
         if not full:
             continue
-        sec["steps"] = step_table(size, model, device, warmup, repeats, solvers, operators)
-        sec["memory"] = memory_table(size, device, [s for s in solvers if s in QUICK_MEMORY] if quick else solvers)
-        mem = {r["solver"]: r for r in sec["memory"]}
-        growth = mem.get("CoDPS+", {}).get("cuda_peak_mb" if device.type == "cuda" else "rss_growth_mb")
-        sec["batch"] = batch_table(size, model, device, warmup, repeats, batches,
-                                   None if growth is None else max(growth, 1.0) * 1.5)
+        if "steps" in tables:
+            sec["steps"] = step_table(size, model, device, warmup, repeats, solvers, operators)
+        if "memory" in tables:
+            sec["memory"] = memory_table(size, device, [s for s in solvers if s in QUICK_MEMORY] if quick
+                                         else solvers)
+        if "batch" in tables:
+            mem = {r["solver"]: r for r in sec.get("memory", [])}
+            growth = mem.get("CoDPS+", {}).get("cuda_peak_mb" if device.type == "cuda" else "rss_growth_mb")
+            sec["batch"] = batch_table(size, model, device, warmup, repeats, batches,
+                                       None if growth is None else max(growth, 1.0) * 1.5)
         del model
-        sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
+        if "precision" in tables:
+            sec["precision"] = precision_table(size, device, warmup, repeats, args.max_forward_s)
     results["wall_s"] = time.perf_counter() - start
+    results["load_average"] = [load_start, _load_average()]
     out = output_folder(args.out, quick)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"speed_{device.type}{'_quick' if quick else ''}")

@@ -43,6 +43,10 @@ COMPILE_AUTO = {
                    "256x256 with compile time counted; benchmarks/results/compile_cpu.md)"),
     "cuda": (False, "auto: off on CUDA until benchmarks/gpu_check.sh measures a gain"),
 }
+#: Version of the probed code paths, part of the cache key: bump it when a change to the network's
+#: code moves the modes' relative speeds, so that caches of earlier timings are not reused
+#: (2: bf16 GroupNorm without float32 copies and in-place inference, docs/speed.md).
+PROBE_VERSION = 2
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_FILE = "speed_probe.json"
 
@@ -300,9 +304,11 @@ def cache_dir() -> str:
 
 def probe_key(caps: Capabilities, architecture: Mapping[str, Any], side: int, modes: Sequence[str]) -> str:
     """A hash of what the probe's outcome depends on: the machine (model name, capability, bf16
-    support), torch version, device type, architecture keys, probe side and modes."""
+    support), torch version, device type, architecture keys, probe side and modes, and the
+    version of the probed code (:data:`PROBE_VERSION`)."""
     text = json.dumps({"caps": asdict(caps), "arch": {k: str(v) for k, v in sorted(architecture.items())},
-                       "side": side, "modes": list(modes), "calls": PROBE_CALLS}, sort_keys=True)
+                       "side": side, "modes": list(modes), "calls": PROBE_CALLS, "code": PROBE_VERSION},
+                      sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 

@@ -28,15 +28,35 @@ OFFICIAL_CHECKPOINTS = {
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32) computed in float32 whatever the input dtype (as in guided-diffusion)."""
+    """GroupNorm(32) computed in float32 whatever the input dtype (as in guided-diffusion).
+
+    Input and output (N, C, ...) of the same dtype. A bfloat16 input on the CPU goes straight to
+    PyTorch's mixed-type kernel (bf16 input, float32 weight and bias, statistics and affine map
+    accumulated in float32, one rounding to bf16 at the end): the float32 round trip of the other
+    devices to one bf16 rounding step (the float32 statistics are summed in another order, which
+    flips a rounding in ~1e-4 of the elements; tests/test_unet.py), without the two full-size dtype
+    copies per call that took ~14 % of a bf16 FFHQ forward at 256×256 (docs/speed.md). float32
+    inputs take the plain float32 kernel, unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and self.weight.dtype == torch.float32:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:
     """GroupNorm with 32 groups over ``channels`` channels."""
     return GroupNorm32(32, channels)
+
+
+class NormSiLU(nn.SiLU):
+    """SiLU, x·sigmoid(x), for the places where its input is a fresh GroupNorm output (never a
+    tensor the caller holds): computed in place when autograd is off (sampling under
+    ``torch.inference_mode`` / ``no_grad``), which spares a full-size allocation per call and
+    gives the same values bit for bit; out of place when autograd records. (N, C, ...) -> same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
@@ -151,7 +171,7 @@ class ResBlock(TimestepBlock):
         self.out_channels = out_channels or channels
         self.use_checkpoint = use_checkpoint
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(normalization(channels), NormSiLU(),
                                        conv_nd(dims, channels, self.out_channels, 3, padding=1))
         self.updown = up or down
         if up:
@@ -163,7 +183,7 @@ class ResBlock(TimestepBlock):
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
         self.out_layers = nn.Sequential(
-            normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            normalization(self.out_channels), NormSiLU(), nn.Dropout(p=dropout),
             zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)))
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -188,13 +208,22 @@ class ResBlock(TimestepBlock):
         emb_out = self.emb_layers(emb).type(h.dtype)
         while emb_out.dim() < h.dim():
             emb_out = emb_out[..., None]
+        # Without autograd, the fresh intermediates (GroupNorm and convolution outputs) are updated
+        # in place: the same operations in the same order, so the same values bit for bit. The
+        # skip sum only when both share a memory layout (out of place, ``skip + h`` takes skip's
+        # layout, e.g. NCHW after an attention block, and the next convolutions run in it).
+        in_place = not torch.is_grad_enabled()
         if self.use_scale_shift_norm:
             scale, shift = torch.chunk(emb_out, 2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[0](h)
+            h = h.mul_(1 + scale).add_(shift) if in_place else h * (1 + scale) + shift
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        skip = self.skip_connection(x)
+        if in_place and skip.dtype == h.dtype and skip.shape == h.shape and skip.stride() == h.stride():
+            return h.add_(skip)
+        return skip + h
 
 
 class AttentionBlock(nn.Module):
@@ -328,7 +357,7 @@ class UNetModel(nn.Module):
                     layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, dims, ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch), NormSiLU(),
                                  zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -172,6 +172,14 @@ def test_probe_key_depends_on_machine_torch_and_architecture():
     assert len({key, *others}) == 5
 
 
+def test_probe_key_changes_with_the_code_version(monkeypatch):
+    """A change of the probed code (PROBE_VERSION) does not reuse timings cached before it."""
+    arch = {"image_size": 32, "num_channels": 32}
+    key = P.probe_key(AVX512_BF16, arch, 32, ["fp32", "bf16"])
+    monkeypatch.setattr(P, "PROBE_VERSION", P.PROBE_VERSION + 1)
+    assert P.probe_key(AVX512_BF16, arch, 32, ["fp32", "bf16"]) != key
+
+
 @pytest.fixture()
 def tiny_cfg():
     return load_yaml(os.path.join(REPO, TINY_MODEL))

@@ -157,3 +157,24 @@ def test_quick_run_does_not_write_into_committed_results(tmp_path, monkeypatch):
     assert os.path.abspath(quick) != os.path.abspath(speed.RESULTS)
     assert speed.output_folder(None, quick=False) == speed.RESULTS
     assert speed.output_folder(str(tmp_path / "x"), quick=True) == str(tmp_path / "x")
+
+
+def test_tables_subset_and_cpu_clock(tmp_path, monkeypatch):
+    """``--tables`` runs only the tables named; ``--clock cpu`` times with the process's CPU clock
+    (recorded, and said in the report, with the load average); a bad table name is refused."""
+    import time
+    from benchmarks import speed
+    monkeypatch.setitem(speed.SIZES, "tiny", {"model": TINY_MODEL, "tasks": "configs/MNIST/DDIM"})
+    calls = []
+    monkeypatch.setitem(speed.CLOCKS, "cpu", lambda: calls.append(1) or time.process_time())
+    monkeypatch.setattr(speed, "_CLOCK", ["wall"])
+    res = speed.run(speed.parse_args(["--sizes", "tiny", "--solvers", "CoDPS+", "--operators", "inpainting",
+                                      "--warmup", "0", "--repeats", "1", "--tables", "steps", "--clock", "cpu",
+                                      "--out", str(tmp_path), "--device", "cpu"]))
+    sec = res["sizes"]["tiny"]
+    assert set(sec) == {"model", "forward", "steps"} and res["clock"] == "cpu" and calls
+    assert [r["solver"] for r in sec["steps"] if "skipped" not in r] == ["plain (ddim)", "CoDPS+"]
+    md = (tmp_path / "speed_cpu.md").read_text()
+    assert "--clock cpu" in md and "Load average" in md and "Data-consistency" not in md
+    with pytest.raises(ValueError, match="--tables: unknown table"):
+        speed.run(speed.parse_args(["--tables", "steps,bogus", "--device", "cpu", "--out", str(tmp_path)]))

@@ -94,3 +94,56 @@ def test_batch_independence_and_new_attention_order():
             full = m(x, t)
             single = torch.cat([m(x[i:i + 1], t[i:i + 1]) for i in range(3)])
         assert torch.allclose(full, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,channels_last", [((2, 64, 12, 12), True), ((2, 64, 12, 12), False),
+                                                 ((1, 96, 40), False)])
+def test_group_norm_bf16_cpu_matches_float32_round_trip(shape, channels_last):
+    """GroupNorm32 on a bf16 CPU input (the mixed-type kernel, no float32 copies) gives the float32
+    round trip of guided-diffusion to one bf16 rounding step (float32 statistics summed in another
+    order flip a rounding now and then), keeps the dtype and layout, and fp32 inputs are unchanged."""
+    from guided_diffusion.unet import GroupNorm32
+    g = torch.Generator().manual_seed(0)
+    norm = GroupNorm32(32, shape[1])
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    x32 = torch.randn(shape, generator=g) * 3 + 1
+    if channels_last:
+        x32 = x32.contiguous(memory_format=torch.channels_last)
+    x = x32.to(torch.bfloat16)
+    with torch.no_grad():
+        out = norm(x)
+        ref = torch.nn.functional.group_norm(x.float(), 32, norm.weight, norm.bias, norm.eps).to(torch.bfloat16)
+        assert out.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2 ** -7, atol=1e-6)
+        assert (out != ref).float().mean() < 1e-2
+        assert torch.equal(norm(x32), torch.nn.functional.group_norm(x32, 32, norm.weight, norm.bias, norm.eps))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_in_place_inference_path_equals_the_autograd_path(channels_last):
+    """Without autograd, ResBlocks update their fresh intermediates in place (SiLU after GroupNorm,
+    scale-shift, skip sum): the output equals the out-of-place forward of autograd bit for bit in
+    float32, in either memory layout, and the caller's input is left as it was."""
+    from guided_diffusion.precision import set_mode
+    torch.manual_seed(0)
+    m = _tiny(use_scale_shift_norm=True)
+    for p in m.parameters():
+        p.data.normal_(0, 0.2)
+    set_mode(m, "fp32", channels_last)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 700])
+    x_copy = x.clone()
+    with torch.inference_mode():
+        fast = m(x, t)
+    with torch.enable_grad():
+        ref = m(x.requires_grad_(True), t)
+    assert torch.equal(fast, ref.detach())
+    assert torch.equal(x.detach(), x_copy)
+    m2 = _tiny(use_scale_shift_norm=False)
+    for p in m2.parameters():
+        p.data.normal_(0, 0.2)
+    with torch.no_grad():
+        fast = m2(x_copy, t)
+    assert torch.equal(fast, m2(x_copy, t).detach())
