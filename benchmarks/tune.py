@@ -404,6 +404,30 @@ def write_run(out: str, choice: Choice, evals: list[Evaluation]) -> str:
     return stem
 
 
+def at_limit(method: str, param: str, value: float) -> bool:
+    """True when ``value`` sits at (within 1 % of) a finite hard bound of ``param`` in the method's
+    :data:`SPACES` line, e.g. η = 1 for DDRM: the edge extension cannot go further, and the choice is
+    the end of the parameter's valid range, not of an under-searched grid."""
+    cls_names = solver_class(method).names if method else ()
+    for key in cls_names:
+        if key in SPACES:
+            lo, hi = SPACES[key].bounds.get(param, (0.0, math.inf))
+            return (math.isfinite(hi) and value >= 0.99 * hi) or (lo > 0 and value <= 1.01 * lo)
+    return False
+
+
+def inside_label(c: Mapping[str, Any]) -> str:
+    """The ``inside`` column of chosen.md: "yes"; "at limit: p" when every edge parameter sits at its
+    hard bound (:func:`at_limit`); else "no: p" (an edge the search could have extended)."""
+    edge = list(c.get("edge") or [])
+    if not edge:
+        return "yes"
+    limited = [p for p in edge if at_limit(c["method"], p, float(c["params"][p]))]
+    if len(limited) == len(edge):
+        return "at limit: " + ",".join(limited)
+    return "no: " + ",".join(p for p in edge if p not in limited)
+
+
 def write_summary(out: str) -> str:
     """Rebuild ``<out>/chosen.csv`` and ``chosen.md`` from every ``<run>.json`` in ``out``."""
     choices = []
@@ -419,7 +443,7 @@ def write_summary(out: str) -> str:
                  best_by_other=" ".join(f"{k}={v:g}" for k, v in c["other_best"]["values"].items()),
                  other_psnr=f"{c['other_best']['psnr']:.2f}", other_ssim=f"{c['other_best']['ssim']:.3f}",
                  searched=" ".join(f"{k}∈[{a:g}, {b:g}]" for k, (a, b) in c["ranges"].items()),
-                 inside="no: " + ",".join(c["edge"]) if c["edge"] else "yes", evals=c["n_evals"],
+                 inside=inside_label(c), evals=c["n_evals"],
                  seconds=f"{c['seconds']:.3f}", nfe=c["nfe"]) for c in choices]
     if not rows:
         return out
@@ -427,7 +451,8 @@ def write_summary(out: str) -> str:
     cols = list(rows[0])
     lines = ["Tuned values on the MNIST tune digits (benchmarks/tune.py); psnr / ssim = mean over the tune digits "
              "at the chosen point; best_by_other = the point the other metric would choose; inside = the choice is "
-             "strictly inside the searched (evaluated) range.", "",
+             "strictly inside the searched (evaluated) range (\"at limit\": at the parameter's hard bound, e.g. "
+             "eta = 1, where the range cannot be extended).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     atomic_write_bytes(os.path.join(out, "chosen.md"), ("\n".join(lines) + "\n").encode())

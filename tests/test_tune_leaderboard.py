@@ -57,6 +57,18 @@ def test_grid_respects_bound_and_reports_edge():
     assert tune.on_edge(evals, ["scale"], "psnr") == ["scale"]
 
 
+def test_inside_label_tells_a_hard_bound_from_an_unextended_edge():
+    # DDRM's eta is bounded by 1 (SPACES): eta = 1 on the edge is the end of its valid range
+    assert tune.inside_label({"method": "DDRM", "edge": ["eta"], "params": {"eta": 1.0}}) == "at limit: eta"
+    # the same edge at 0.5 could have been extended downwards: a real "no"
+    assert tune.inside_label({"method": "DDRM", "edge": ["eta"], "params": {"eta": 0.5}}) == "no: eta"
+    # DiffPIR: zeta at 0.9939 (< 1, within 1 %) is at its bound, lam has none
+    c = {"method": "DiffPIR", "edge": ["lam", "zeta"], "params": {"lam": 50.0, "zeta": 0.9939}}
+    assert tune.inside_label(c) == "no: lam"
+    assert tune.inside_label({"method": "CoDPS+", "edge": [], "params": {"scale": 0.2}}) == "yes"
+    assert tune.inside_label({"method": "CoDPS+", "edge": ["scale"], "params": {"scale": 1.0}}) == "no: scale"
+
+
 def test_tpe_extends_the_range_of_an_edge_parameter():
     evals, ranges = tune.tpe_search(quadratic({"a": 5.0, "b": 0.1}), {"a": (0.1, 1.0), "b": (0.01, 1.0)}, seed=0)
     assert ranges["a"][1] > 1.0 and ranges["b"] == (0.01, 1.0)
