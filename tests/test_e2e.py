@@ -11,6 +11,7 @@ import pytest
 
 from cli_helpers import REPO, cli_env
 from benchmarks import e2e
+from util.config import load_yaml
 
 
 def test_registered_methods_follow_the_registry(monkeypatch):
@@ -31,7 +32,9 @@ def test_registered_methods_follow_the_registry(monkeypatch):
 
 def test_method_params_from_shipped_configs():
     params, src = e2e.method_params("CoDPS+", "MNIST", "super_resolution")
-    assert src == "configs/MNIST/DDIM/super_resolution_x2_config.yaml" and params["scale"] == 0.1
+    assert src == "configs/MNIST/DDIM/super_resolution_x2_config.yaml"
+    shipped = load_yaml(os.path.join(REPO, src))["conditioning"]["params"]   # the tuner rewrites the value
+    assert params["scale"] == shipped["scale"] and params["t_div"] == shipped["t_div"]
     params, src = e2e.method_params("ps", "FFHQ", "super_resolution")   # DPS's alias finds its config
     assert src == "configs/FFHQ/DDPM/dps_super_resolution_config.yaml" and params == {"scale": 0.3}
     assert e2e.method_params("none", "MNIST", "super_resolution") == ({}, "defaults")
