@@ -11,7 +11,7 @@ from PIL import Image
 
 from builder import build_model, build_physics, build_sampler, build_solver
 from sampling import sample
-from util.config import load_yaml
+from util.config import apply_tuned, load_yaml
 from util.metrics import psnr
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
@@ -64,8 +64,9 @@ def test_codps_plus_beats_classical_inverse(prior, digits, task):
     with torch.no_grad():
         best_classical = max(np.mean(psnr(physics.A_T(physics.cov_solve(y, 1.0, lam)), digits))
                              for lam in np.logspace(-3, 1, 9))
-    solver = build_solver(cfg["conditioning"], physics)
+    # the config as main.py runs it at ddim20: its 20-NFE tuned values (conditioning.tuned)
+    solver = build_solver(apply_tuned(cfg, "ddim20")["conditioning"], physics)
     gens = torch_generators(22, idx, STREAM_SAMPLER)
-    x = sample(prior, _sampler("ddim50"), randn((1, 32, 32), gens), y, solver, physics, gens, progress=False).x0
+    x = sample(prior, _sampler("ddim20"), randn((1, 32, 32), gens), y, solver, physics, gens, progress=False).x0
     ours = np.mean(psnr(x, digits))
     assert ours > best_classical + 1.0, (ours, best_classical)
