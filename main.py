@@ -171,8 +171,13 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
     configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
                                                                 configs["task"]["conditioning"].get("time_grid"))
-    configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
-                                  keep=overridden_params(applied))
+    respacing = configs["diffusion"].get("timestep_respacing")
+    tuned_entry = ((configs["task"].get("conditioning") or {}).get("tuned") or {})
+    tuned_entry = {str(k): v for k, v in tuned_entry.items()}.get(str(respacing)) if isinstance(tuned_entry, dict) else None
+    configs["task"] = apply_tuned(configs["task"], respacing, keep=overridden_params(applied))
+    if isinstance(tuned_entry, dict) and tuned_entry:
+        logging.getLogger("codps").info("conditioning.tuned[%s] applied: %s", respacing,
+                 ", ".join(f"{k}={configs['task']['conditioning']['params'].get(k, v)}" for k, v in tuned_entry.items()))
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
@@ -275,10 +280,12 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         rank, msg = failed[0]
         return fail(msg if rank == 0 or not ctx.enabled else f"process {rank}: {msg}")
 
-    log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps; %d images in %s%s",
+    n_images = len(problem.dataset) if args.num_images is None else min(len(problem.dataset), args.num_images)
+    log.info("device %s; operator %s, noise sigma %s (on [-1, 1]), solver %s, %d %s steps (%s); %d images in %s%s",
              device, problem.operator.name, getattr(problem.noiser, "sigma", None),
              configs["task"]["conditioning"]["method"], problem.sampler.num_timesteps,
-             configs["diffusion"].get("sampler", "ddpm"), len(problem.dataset),
+             configs["diffusion"].get("sampler", "ddpm"), configs["diffusion"].get("timestep_respacing") or "no respacing",
+             n_images,
              configs["task"]["data"]["root"] if args.measurement_dir is None
              else f"measurements of {args.measurement_dir}",
              f"; {ctx.world_size} processes" if ctx.enabled else "")
