@@ -147,12 +147,10 @@ def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mappi
     params = conditioning.get("params") or {}
     hint = ("; scale: auto adapts the step size to the respacing"
             if "scale" in params and params.get("scale") != "auto" else "")
-    tables = conditioning.get("tuned") if isinstance(conditioning.get("tuned"), Mapping) else {}
-    known = f"; tuned values exist for {', '.join(str(k) for k in tables)}" if tables else ""
     log.warning("task config tuned for timestep_respacing %s (%d steps) but this run takes %d steps (%s): "
-                "step sizes and step-counted parameters (%s) may not fit, results may be much worse%s%s", tuned,
+                "step sizes and step-counted parameters (%s) may not fit, results may be much worse%s", tuned,
                 tuned_steps, num_steps, diffusion_cfg.get("timestep_respacing", ""),
-                ", ".join(sorted(params)) or "none", hint, known)
+                ", ".join(sorted(params)) or "none", hint)
     return True
 
 

@@ -171,13 +171,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
     configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
                                                                 configs["task"]["conditioning"].get("time_grid"))
-    respacing = configs["diffusion"].get("timestep_respacing")
-    tuned_entry = ((configs["task"].get("conditioning") or {}).get("tuned") or {})
-    tuned_entry = {str(k): v for k, v in tuned_entry.items()}.get(str(respacing)) if isinstance(tuned_entry, dict) else None
-    configs["task"] = apply_tuned(configs["task"], respacing, keep=overridden_params(applied))
-    if isinstance(tuned_entry, dict) and tuned_entry:
-        logging.getLogger("codps").info("conditioning.tuned[%s] applied: %s", respacing,
-                 ", ".join(f"{k}={configs['task']['conditioning']['params'].get(k, v)}" for k, v in tuned_entry.items()))
+    configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
+                                  keep=overridden_params(applied))   # logs the values it applies
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")

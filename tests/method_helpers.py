@@ -1,6 +1,7 @@
-"""Test helper: call a method's ``step`` with the seven arguments of the pre-framework solver
+"""Test helpers: call a method's ``step`` with the seven arguments of the pre-framework solver
 call, ``(x_t, x_prev, x0_hat, y, t, alpha_bar, score_weight=None) -> (x_next, residual)``, so
-that the closed-form tests of the steps keep their assertions unchanged."""
+that the closed-form tests of the steps keep their assertions unchanged; and check samples
+against a Gaussian posterior's mean and covariance within Monte-Carlo error."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,3 +45,16 @@ class LegacySolver:
 def legacy_solver(name: str, operator: Any = None, noiser: Any = None, **params: Any) -> LegacySolver:
     """A :class:`LegacySolver`."""
     return LegacySolver(name, operator, noiser, **params)
+
+
+def assert_gaussian_moments(x: torch.Tensor, pm: torch.Tensor, pc: torch.Tensor, z: float = 4.5,
+                            cov_slack: float = 0.02) -> None:
+    """Assert that samples ``x`` (n, d), float64, match a Gaussian with mean ``pm`` (d,) and
+    covariance ``pc`` (d, d) within ``z`` Monte-Carlo standard errors: the mean's SE is
+    sqrt(diag(pc) / n), the sample covariance's sqrt((pc_ii pc_jj + pc_ij²) / n) (Gaussian data),
+    plus ``cov_slack`` for the sampler's discretisation."""
+    n = x.shape[0]
+    se_mean = (pc.diagonal() / n).sqrt()
+    assert ((x.mean(0) - pm).abs() <= z * se_mean).all(), ((x.mean(0) - pm) / se_mean)
+    se_cov = ((pc.diagonal()[:, None] * pc.diagonal()[None] + pc ** 2) / n).sqrt()
+    assert ((torch.cov(x.T) - pc).abs() <= z * se_cov + cov_slack).all(), ((torch.cov(x.T) - pc) / se_cov)

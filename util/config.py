@@ -307,6 +307,7 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
     params.update({k: v for k, v in entry.items() if k not in keep})
     cond["params"] = params
     cond["tuned_respacing"] = respacing   # these values were tuned for this step count
+    log.info("conditioning.tuned[%s] applied: %s", respacing, ", ".join(f"{k}={params[k]}" for k in entry))
     return out
 
 
