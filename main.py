@@ -167,7 +167,9 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     configs, applied = apply_overrides(configs, args.overrides,
                                        {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
     # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
-    check_task_layout(configs["task"], args.task_config)
+    task_overrides = [k for k in applied if k.startswith("task.")]
+    check_task_layout(configs["task"], args.task_config + (f" (with command-line override {', '.join(task_overrides)})"
+                                                          if task_overrides else ""))
     # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
     configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
                                                                 configs["task"]["conditioning"].get("time_grid"))
@@ -286,7 +288,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
              f"; {ctx.world_size} processes" if ctx.enabled else "")
     torch.backends.cudnn.benchmark = False
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device), dist=ctx,
+                    out_dir, options, info, device=device, lpips_metric=None if args.measurement_dir else LPIPSMetric(device), dist=ctx,
                     fixed_params=problem.fixed_params)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:

@@ -161,13 +161,17 @@ def summarize(rows: Sequence[dict]) -> dict:
 
 
 def final_line(summary: dict) -> str:
-    """One line: mean PSNR / SSIM / LPIPS, data-fit residual and seconds per image, with the counts."""
+    """One line: mean PSNR / SSIM / LPIPS, data-fit residual and seconds per image, with the counts
+    (restore mode, ``measurement_dir`` set and no ground truth: the restored count instead of n/a metrics)."""
     m, c = summary["metrics"], summary["counts"]
 
     def fmt(key: str, spec: str) -> str:
         v = m.get(key, {}).get("mean")
         return "n/a" if v is None else format(v, spec)
     extra = "".join(f", {c[k]} {k}" for k in ("diverged", "unreadable") if c.get(k))
+    if summary.get("measurement_dir") and all(fmt(k, "") == "n/a" for k in ("psnr", "ssim", "lpips")):
+        return (f"{summary.get('operator', '')}: restored {c['ok']} images (no ground truth: no PSNR / SSIM / LPIPS), "
+                f"residual {fmt('residual', '.3f')}, {fmt('seconds', '.2f')} s per image{extra}")
     return (f"{summary.get('operator', '')}: mean PSNR {fmt('psnr', '.2f')} dB / SSIM {fmt('ssim', '.4f')} / "
             f"LPIPS {fmt('lpips', '.4f')} ({summary.get('metric_norm', 'clip')}), residual {fmt('residual', '.3f')}, "
             f"{fmt('seconds', '.2f')} s per image over {c['ok']} images{extra}")

@@ -39,6 +39,8 @@ SIGMA_GRID = re.compile(r"^sigma([0-9]+)max([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)
 
 #: Values of a task config's ``conditioning.time_grid`` besides a ``{sigma_max: S}`` mapping.
 UNIFORM_GRID = "uniform"
+#: The valid forms of a timestep_respacing, as error messages name them.
+RESPACING_FORMS = "'ddimN', 'sigma<N>max<S>', an integer N or a comma list like '10,20,30'"
 
 
 def sigma_timesteps(betas: np.ndarray, num_steps: int, sigma_max: float) -> list[int]:
@@ -130,6 +132,11 @@ def check_time_grid(time_grid) -> float | None:
         value = time_grid["sigma_max"]
         if not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0:
             return float(value)
+    if isinstance(time_grid, dict) and len(time_grid) == 1:
+        (key, value), = time_grid.items()
+        if value is None and isinstance(key, str) and ":" in key:   # YAML read {sigma_max:2} as one key
+            raise ValueError(f"task config: conditioning.time_grid {{{key}}} is read by YAML as a key without a value; "
+                             f"put a space after the colon: {{{key.replace(':', ': ', 1)}}}")
     raise ValueError(f"task config: conditioning.time_grid {time_grid!r} is not valid; use 'uniform' (default, "
                      "the diffusion config's ddimN) or a mapping {sigma_max: S} with S > 0 (the low-noise grid "
                      "sigma<N>max<S>)")
@@ -148,8 +155,7 @@ def respacing_steps(respacing) -> int | None:
     try:
         return int(s[4:]) if s.startswith("ddim") else sum(int(v) for v in s.split(","))
     except ValueError:
-        raise ValueError(f"timestep_respacing {respacing!r} is not 'ddimN', 'sigma<N>max<S>', an integer or "
-                         "a comma list like '10,20,30'") from None
+        raise ValueError(f"timestep_respacing {respacing!r} is not {RESPACING_FORMS}") from None
 
 
 def space_timesteps(num_timesteps: int, section_counts, betas: np.ndarray | None = None) -> list[int]:
@@ -176,7 +182,7 @@ def space_timesteps(num_timesteps: int, section_counts, betas: np.ndarray | None
         try:
             desired = int(section_counts[len("ddim"):])
         except ValueError:
-            raise ValueError(f"diffusion config: timestep_respacing {section_counts!r} is not 'ddimN'") from None
+            raise ValueError(f"diffusion config: timestep_respacing {section_counts!r} is not {RESPACING_FORMS}") from None
         for stride in range(1, num_timesteps + 1):
             if len(range(0, num_timesteps, stride)) == desired:
                 return list(range(0, num_timesteps, stride))
@@ -185,8 +191,7 @@ def space_timesteps(num_timesteps: int, section_counts, betas: np.ndarray | None
     try:
         counts = [int(x) for x in str(section_counts).split(",")]
     except ValueError:
-        raise ValueError(f"diffusion config: timestep_respacing {section_counts!r} is not an integer, "
-                         f"'ddimN' or a comma list like '10,20,30'") from None
+        raise ValueError(f"diffusion config: timestep_respacing {section_counts!r} is not {RESPACING_FORMS}") from None
     size_per, extra = divmod(num_timesteps, len(counts))
     start, kept = 0, []
     for i, count in enumerate(counts):

@@ -122,6 +122,27 @@ def test_time_grid_override_both_ways():
     assert grid_respacing("ddim20", out["task"]["conditioning"]["time_grid"]) == "sigma20max3"
 
 
+def test_time_grid_without_space_names_the_fix():
+    # YAML reads {sigma_max:2} as the key "sigma_max:2" with no value; the error shows the spaced form.
+    from util.config import apply_overrides
+    task = {"conditioning": {"method": "DDRM", "params": {}}, "data": {"name": "folder"},
+            "measurement": {"operator": {"name": "gaussian_blur"}}}
+    out, _ = apply_overrides({"task": task}, ["task.conditioning.time_grid={sigma_max:2}"])
+    assert out["task"]["conditioning"]["time_grid"] == {"sigma_max:2": None}
+    with pytest.raises(ConfigError, match=r"x.yaml: .*space after the colon: \{sigma_max: 2\}$"):
+        check_task_layout(out["task"], "x.yaml")
+
+
+@pytest.mark.parametrize("bad", ["ddimX", "1,x", "sigma10maxY", "fast"])
+def test_bad_respacing_names_every_form(bad):
+    from guided_diffusion.respace import space_timesteps
+    for call in (lambda: respacing_steps(bad), lambda: space_timesteps(1000, bad)):
+        with pytest.raises(ValueError) as err:
+            call()
+        msg = str(err.value)
+        assert repr(bad) in msg and all(f in msg for f in ("ddimN", "sigma<N>max<S>", "integer", "comma list"))
+
+
 def test_apply_choice_writes_a_grid_key(tmp_path):
     from benchmarks import tune
     path = tmp_path / "ddrm.yaml"
