@@ -11,7 +11,9 @@ Search (see :func:`grid_search` and :func:`tpe_search`):
   beyond it (up to the parameter's bound); then log-midpoints around the best until
   ``--max_evals`` evaluations (more only when the edge extension needed them);
 * two parameters: optuna's TPE sampler (seeded) over the log ranges, extended by √(hi/lo)
-  on a side while the best lies in its outer fifth, a few trials per extension.
+  on a side while the best lies in its outer fifth, a few trials per extension; then, while a
+  parameter's best is still the largest or smallest evaluated, up to 4 line-search probes move
+  it outwards to the range end or its hard bound (:func:`edge_probe`).
 
 The search space lives in :data:`SPACES` (one line per method, keyed by its registered name);
 a method without a line tunes ``scale`` (else its first numeric parameter) over ×/÷ 10 around
@@ -257,6 +259,52 @@ def tpe_search(f: Callable[[dict, str], Evaluation], ranges: Mapping[str, tuple[
     return evals, ranges
 
 
+def edge_probe(f: Callable[[dict, str], Evaluation], evals: list[Evaluation], ranges: Mapping[str, tuple[float, float]],
+               bounds: Mapping[str, tuple[float, float]] | None = None, metric: str = "psnr",
+               max_probes: int = 4) -> tuple[list[Evaluation], dict]:
+    """Close the edges a two-parameter search left: while the best value of a parameter is the
+    largest (smallest) evaluated, evaluate the best point with that parameter moved outwards (the
+    log-midpoint between it and its range end; past the range end, one fifth of the range's log
+    span further), clipped to the parameter's hard bound, the other parameter held at its best;
+    at most ``max_probes`` evaluations. TPE can leave the top of a range unsampled (DiffPIR
+    ζ ∈ [0.05, 1]: best 0.953 with nothing above it); this line search settles whether the
+    optimum lies inside the searched range or at the bound (then :func:`at_limit` says so).
+
+    Returns:
+        (the new evaluations in order, the ranges widened to what was evaluated).
+    """
+    bounds = dict(bounds or {})
+    ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+    new: list[Evaluation] = []
+    seen = {tuple(sorted(e.values.items())) for e in evals}
+    stuck: set[str] = set()
+    while len(new) < max_probes:
+        every = evals + new
+        best = max(every, key=lambda e: e.score(metric)).values
+        edge = [p for p in on_edge(every, list(ranges), metric) if p not in stuck]
+        if not edge:
+            break
+        p = edge[0]
+        lo, hi = ranges[p]
+        b_lo, b_hi = bounds.get(p, (0.0, math.inf))
+        v, step = float(best[p]), (hi / lo) ** 0.2
+        if v == max(e.values[p] for e in every):
+            target = math.sqrt(v * hi) if v < hi / 1.01 else v * step
+            target = min(target, b_hi)
+        else:
+            target = math.sqrt(v * lo) if v > lo * 1.01 else v / step
+            target = max(target, b_lo) if b_lo > 0 else target
+        values = {**best, p: fmt(target)}
+        key = tuple(sorted(values.items()))
+        if key in seen:   # at the hard bound (or rounding): this side cannot move
+            stuck.add(p)
+            continue
+        seen.add(key)
+        new.append(f(values, "edge"))
+        ranges[p] = (min(lo, values[p]), max(hi, values[p]))
+    return new, ranges
+
+
 def on_edge(evals: list[Evaluation], params: list[str], metric: str) -> list[str]:
     """Parameters whose best value (by ``metric``) is the smallest or largest evaluated."""
     if not evals or not params:
@@ -363,6 +411,8 @@ def tune_one(spec: MethodSpec, task: str, budget: int, metric: str = "psnr", num
     elif len(names) == 2:
         evals, final_ranges = tpe_search(f, space.ranges, metric=metric, max_evals=max_evals, seed=seed,
                                          bounds=space.bounds, start={k: fixed[k] for k in names if k in fixed})
+        probes, final_ranges = edge_probe(f, evals, final_ranges, space.bounds, metric)
+        evals += probes
     else:
         raise ValueError(f"{spec.name}: tune one or two parameters, the space has {names}")
     other = "ssim" if metric == "psnr" else "psnr"

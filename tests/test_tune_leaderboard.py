@@ -87,6 +87,36 @@ def test_tpe_extends_the_range_of_an_edge_parameter():
     assert len(ev) == 2
 
 
+def test_edge_probe_settles_an_unsampled_range_end():
+    # TPE left zeta's top unsampled: best 0.9529 is the largest evaluated, the range ends at 1 (its bound)
+    def f_peak(peak):
+        def f(values, phase):
+            v = -(values["zeta"] - peak) ** 2 - (math.log10(values["lam"]) - 1) ** 2
+            return tune.Evaluation(dict(values), phase, v, 0.0, v, 0.0, 0.0, 0, False)
+        return f
+    start = [{"lam": 10.0, "zeta": z} for z in (0.05, 0.3, 0.9529)] + [{"lam": 3.0, "zeta": 0.9}, {"lam": 30.0, "zeta": 0.5}]
+    rng, bnd = {"lam": (1.0, 50.0), "zeta": (0.05, 1.0)}, {"zeta": (0.0, 1.0)}
+    # optimum inside (0.98): probes 0.9762 (better), then 0.988 (worse) -> the best is inside, zeta only moves
+    f = f_peak(0.98)
+    evals = [f(v, "tpe") for v in start]
+    new, ranges = tune.edge_probe(f, evals, rng, bnd)
+    assert [e.values for e in new] == [{"lam": 10.0, "zeta": 0.9762}, {"lam": 10.0, "zeta": 0.988}]
+    assert tune.on_edge(evals + new, ["lam", "zeta"], "psnr") == [] and ranges["zeta"] == (0.05, 1.0)
+    # optimum beyond the bound: the probes reach zeta = 1 and stop there ("at limit")
+    f = f_peak(1.5)
+    evals = [f(v, "tpe") for v in start]
+    new, _ = tune.edge_probe(f, evals, rng, bnd)
+    zetas = [e.values["zeta"] for e in new]
+    assert zetas == sorted(zetas) and zetas[-1] == 1.0 and len(new) <= 4
+    best = max(evals + new, key=lambda e: e.psnr)
+    assert best.values["zeta"] == 1.0 and tune.at_limit("DiffPIR", "zeta", 1.0)
+    # an unbounded parameter past its range end moves one fifth of the log span further
+    f2 = quadratic({"lam": 500.0, "zeta": 0.5})
+    ev = [f2({"lam": lam, "zeta": 0.5}, "tpe") for lam in (1.0, 10.0, 50.0)]
+    new, ranges = tune.edge_probe(f2, ev, rng, bnd, max_probes=1)
+    assert new[0].values == {"lam": tune.fmt(50.0 * 50.0 ** 0.2), "zeta": 0.5} and ranges["lam"][1] == new[0].values["lam"]
+
+
 def test_space_default_for_an_unknown_method():
     # PiGDM has a line; "none" has no numeric parameter; a method without a line tunes its scale ×/÷ 10
     assert tune.space_for("pgdm", {}).ranges == {"scale": (0.1, 3.0)}
