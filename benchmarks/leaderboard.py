@@ -384,6 +384,7 @@ def main(argv=None) -> int:
                 if task in spec.configs:
                     plan.append((b, name, task))
     plan.sort(key=lambda x: (x[0], x[1], TASKS.index(x[2])))   # cheap budgets first
+    # The budget of the per-method tables (100 NFE, else the largest run); the digit counts do not follow it.
     main_budget = MAIN_BUDGET if any(b == MAIN_BUDGET for b, _, _ in plan) else max(b for b, _, _ in plan)
     differ = sorted({f"{name} {task}" for _, name, task in plan
                      if load_yaml(specs[name].configs[task], "task config").get("measurement")
@@ -392,10 +393,10 @@ def main(argv=None) -> int:
         log.warning("the measurement section of %s differs from configs/MNIST/DDIM/<task>_config.yaml; the "
                     "leaderboard gives every method that one", ", ".join(differ))
     if a.plan:
-        return print_plan(plan, specs, cache, main_budget, num, num_other, a.seed)
+        return print_plan(plan, specs, cache, MAIN_BUDGET, num, num_other, a.seed)
     cells = []
     header = [f"# MNIST leaderboard (embedded prior, digest {prior_digest()})", "",
-              f"Test digits: first {num} at {main_budget} NFE, first {num_other} at other budgets; seed {a.seed}; "
+              f"Test digits: first {num} at {MAIN_BUDGET} NFE, first {num_other} at other budgets; seed {a.seed}; "
               f"σ_n = 0.05 on [-1, 1]; PSNR (dB) / SSIM on [0, 1] (clip); ± = standard error across digits; "
               f"s/img on {platform.processor() or platform.machine()} with {torch.get_num_threads()} torch "
               f"thread(s), batch {a.batch_size}. Command: `python -m benchmarks.leaderboard {' '.join(argv_list)}`."]
@@ -413,7 +414,7 @@ def main(argv=None) -> int:
                       f"{', '.join(differ)}.")
     try:
         for b, name, task in plan:
-            n = num if b == main_budget else num_other
+            n = num if b == MAIN_BUDGET else num_other   # --num belongs to 100 NFE, whatever --budgets
             cells.append(run_cell(specs[name], task, b, n, a.seed, a.batch_size, cache, clf, labels, recon_dir))
             c = cells[-1]
             print(f"{task:20s} {name:8s} {b:4d} NFE  PSNR {np.mean(c.psnr):6.2f}  SSIM {np.mean(c.ssim):.3f}  "
