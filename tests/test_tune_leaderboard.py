@@ -252,7 +252,7 @@ def test_tune_cli_runs_caches_and_resumes(tmp_path, monkeypatch):
 
 @needs_digits
 def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
-    args = ["--quick", "--methods", "CoDPS+,CoDPS", "--tasks", "inpainting", "--budgets", "2,4", "--num", "2",
+    args = ["--quick", "--methods", "CoDPS+,CoDPS", "--tasks", "inpainting", "--budgets", "2,4", "--num", "3",
             "--num_other", "2", "--out", str(tmp_path)]
     assert leaderboard.main(args) == 0
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard_psnr_nfe.png", "leaderboard_psnr_seconds.png"):
@@ -262,6 +262,8 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
     first = dict(zip(rows[0].split(","), rows[1].split(",")))
     assert first["budget"] == "2" and first["n"] == "2" and first["nfe"] == "2"
     assert first["dpsnr"] == "0.000" and first["wins_psnr"] == "0/2"          # the best against itself
+    # --num (3) is the 100-NFE digit count: without 100 in --budgets every cell has --num_other digits
+    assert {dict(zip(rows[0].split(","), r.split(",")))["n"] for r in rows[1:]} == {"2"}
     if (REPO / "ckpts" / "mnist_classifier.pt").is_file():                    # digit accuracy from the classifier
         assert 0.0 <= float(first["acc"]) <= 1.0 and "Digit classifier" in (tmp_path / "leaderboard.md").read_text()
     md = (tmp_path / "leaderboard.md").read_text()
@@ -289,3 +291,25 @@ def test_every_shipped_tuned_entry_builds():
         check_task_layout(task, str(path))
         for respacing in tuned:
             build_solver(apply_tuned(task, respacing)["conditioning"])
+
+
+def test_committed_choices_are_inside_their_ranges_and_shipped():
+    """The tuner's committed choices (benchmarks/results/tune/*.json): each is strictly inside its
+    evaluated range or at the parameter's hard bound, and the MNIST config of its method and task
+    carries it under ``conditioning.tuned.<respacing>`` (and in ``params`` at the config's own
+    respacing), so what main.py runs is what was tuned."""
+    from util.config import load_yaml
+    runs = sorted((REPO / "benchmarks" / "results" / "tune").glob("*.json"))
+    assert runs, "no committed tuning runs"
+    specs = evaluate.discover()
+    for path in runs:
+        c = json.loads(path.read_text())
+        label = tune.inside_label(c)
+        assert label == "yes" or label.startswith("at limit"), f"{path.name}: {label}"
+        cfg = load_yaml(specs[c["method"]].configs[c["task"]])["conditioning"]
+        want = {k: tune.fmt(v) if isinstance(v, float) else v for k, v in c["params"].items()}
+        assert {str(k): v for k, v in cfg["tuned"].items()}[c["respacing"]] == want, path.name
+        default = tune.grid_respacing(evaluate.diffusion_config(specs[c["method"]])["timestep_respacing"],
+                                      cfg.get("time_grid"))
+        if str(default) == c["respacing"]:
+            assert {k: cfg["params"][k] for k in want} == want, path.name
