@@ -287,6 +287,11 @@ def write_figures(out: str, cells: list[Cell], curve_num: int) -> list[str]:
                 ticks = sorted({c.nfe for c in cells if c.task == task})
                 ax.set_xticks(ticks, [str(t) for t in ticks])
                 ax.minorticks_off()
+            else:   # plain labels at 1-2-5 steps (log minor labels overlap on a short range)
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(task)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("PSNR (dB)")
