@@ -331,6 +331,18 @@ def cell_key(spec: MethodSpec, task: str, budget: int, num: int, seed: int) -> s
                      measurement=measurement_config(task), diffusion=diffusion_config(spec), prior=prior_digest())
 
 
+def digits_phrase(num: int, num_other: int, budgets: set[int]) -> str:
+    """How many test digits each budget of the run used, e.g. "first 100 at 100 NFE, first 32 at
+    the other budgets" (only the parts that apply to ``budgets``)."""
+    parts = []
+    if MAIN_BUDGET in budgets:
+        parts.append(f"first {num} at {MAIN_BUDGET} NFE")
+    if budgets - {MAIN_BUDGET}:
+        parts.append(f"first {num_other} at " + ("the other budgets" if parts else
+                                                 ", ".join(str(b) for b in sorted(budgets)) + " NFE"))
+    return ", ".join(parts)
+
+
 def print_plan(plan: list, specs: Mapping[str, MethodSpec], cache: Cache, main_budget: int, num: int,
                num_other: int, seed: int) -> int:
     """Print, per method, the cells not yet in the cache and their network calls × digits (the
@@ -342,7 +354,8 @@ def print_plan(plan: list, specs: Mapping[str, MethodSpec], cache: Cache, main_b
             todo.setdefault(name, []).append(n * b)
     total = len(plan)
     left = sum(len(v) for v in todo.values())
-    print(f"{total - left} of {total} cells cached; to run:")
+    print(f"{total - left} of {total} cells cached; " + ("to run:" if left else "nothing to run (the next run only "
+                                                             "redraws leaderboard.md / .csv and the figures)"))
     for name, calls in todo.items():
         print(f"  {name:10s} {len(calls):3d} cells, {sum(calls):8d} network calls × digits")
     return 0
@@ -351,7 +364,7 @@ def print_plan(plan: list, specs: Mapping[str, MethodSpec], cache: Cache, main_b
 def main(argv=None) -> int:
     """Run (or resume) the leaderboard and write its tables and figures; returns 0 (2 for bad
     arguments)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="all", help="comma list of registered names, or all")
     p.add_argument("--tasks", default="all", help=f"comma list of {', '.join(TASKS)}, or all")
     p.add_argument("--budgets", default=None, help="comma list of NFE budgets (default: each method's own: "
@@ -369,6 +382,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("util.config").setLevel(logging.WARNING)   # the tuned values are in the tables
     num = a.num if a.num is not None else (4 if a.quick else 100)
     num_other = a.num_other if a.num_other is not None else (4 if a.quick else 32)
     out = a.out or (tempfile.mkdtemp(prefix="leaderboard_quick_") if a.quick
@@ -414,7 +428,7 @@ def main(argv=None) -> int:
         return print_plan(plan, specs, cache, MAIN_BUDGET, num, num_other, a.seed)
     cells = []
     header = [f"# MNIST leaderboard (embedded prior, digest {prior_digest()})", "",
-              f"Test digits: first {num} at {MAIN_BUDGET} NFE, first {num_other} at other budgets; seed {a.seed}; "
+              f"Test digits: {digits_phrase(num, num_other, {b for b, _, _ in plan})}; seed {a.seed}; "
               f"σ_n = 0.05 on [-1, 1]; PSNR (dB) / SSIM on [0, 1] (clip); ± = standard error across digits; "
               f"s/img on {platform.processor() or platform.machine()} with {torch.get_num_threads()} torch "
               f"thread(s), batch {a.batch_size}. Command: `python -m benchmarks.leaderboard {' '.join(argv_list)}`."]

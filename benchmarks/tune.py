@@ -579,7 +579,8 @@ def apply_choice(path: str, respacing: str, values: Mapping[str, Any], default_r
 
 def main(argv=None) -> int:
     """Run the tuner; returns 0 (2 for bad arguments)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.split("\n\n")[0].rstrip(":") + ".",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", required=True, help="registered name, a comma list, or all (with MNIST configs)")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}, a comma list, or all")
     p.add_argument("--budget", required=True, help="NFE per image (20, 50, 100, 250), a comma list, or all")
@@ -591,10 +592,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     p.add_argument("--apply", action="store_true", help="write the choices into configs/MNIST")
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "tune"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "tune"),
+                   help="results folder (the default holds the committed results: use another for trials)")
     a = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("util.config").setLevel(logging.WARNING)   # each evaluation logs its values itself
     try:
         specs, methods, tasks = select(a.method, a.task)
     except ValueError as exc:

@@ -291,13 +291,14 @@ BAD_CASES = {
     "unreadable config": (["--task_config", "configs"], ["cannot be read"]),
     "unknown operator": (["task.measurement.operator.name=nope"], ["nope", "gaussian_blur", "inpainting"]),
     "unknown noise": (["task.measurement.noise.name=nope"], ["nope", "gaussian"]),
-    "unknown solver": (["task.conditioning.method=nope"], ["nope", "CoDPS+", "DPS"]),
+    "unknown solver": (["task.conditioning.method=nope"], ["nope", "CoDPS+", "DPS", "_config.yaml"]),
     "unknown sampler": (["diffusion.sampler=nope"], ["nope", "ddpm", "ddim"]),
     "missing checkpoint": (["model.model_path=ckpts/missing.pt"], ["ckpts/missing.pt"]),
     "official checkpoint missing": (["model.model_path=ckpts/nowhere/ffhq_10m.pt"], ["drive.google.com"]),
     "kernel larger than image": (["task.measurement.operator.kernel_size=61"], ["kernel"]),
     "unknown model key": (["model.nope=1", "model.model_path=ckpts/missing.pt"], ["nope", "num_channels"]),
-    "unknown solver param": (["task.conditioning.params.nope=1"], ["nope", "scale", "t_div"]),
+    "unknown solver param": (["task.conditioning.params.nope=1"],
+                             ["nope", "scale", "t_div", "(with command-line override task.conditioning.params.nope)"]),
     "unknown operator kwarg": (["task.measurement.operator.nope=1"], ["nope", "kernel_size"]),
     "wrong type": (["task.conditioning.params.scale=abc", "model.model_path=ckpts/missing.pt"],
                    ["scale", "expected a number"]),
@@ -592,3 +593,21 @@ def test_summary_records_the_resolved_configuration(tmp_path, monkeypatch, capsy
     assert res["operator"]["name"] == "gaussian_blur" and res["operator"]["kernel_size"] == 9
     assert res["noise"] == {"name": "gaussian", "sigma": 0.05}
     assert res["data"]["image_size"] == 32 and res["data"]["channels"] == 3
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    """Outputs are written via mkstemp + rename; they get 0666 less the umask like a plain open()
+    (mkstemp alone leaves 0600: other users of a shared machine could not read the results)."""
+    import os
+    import stat
+    from util.image_io import atomic_write_bytes
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(str(tmp_path / "a.csv"), b"x\n")
+        os.umask(0o077)
+        atomic_write_bytes(str(tmp_path / "b.csv"), b"y\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.csv").stat().st_mode) == 0o600
+    assert (tmp_path / "a.csv").read_bytes() == b"x\n" and not list(tmp_path.glob(".*.tmp"))

@@ -187,7 +187,11 @@ def test_apply_tuned_and_layout(caplog):
                             "tuned": {"ddim20": {"scale": 0.5, "t_div": 3}}},
            "data": {"name": "folder"}, "measurement": {"operator": {"name": "x"}}}
     check_task_layout(cfg)
-    assert apply_tuned(cfg, "ddim20", keep={"t_div"})["conditioning"]["params"] == {"scale": 0.5, "t_div": 15}
+    with caplog.at_level(logging.INFO, logger="util.config"):
+        assert apply_tuned(cfg, "ddim20", keep={"t_div"})["conditioning"]["params"] == {"scale": 0.5, "t_div": 15}
+    # the log line names only the tuned values used; a command-line value is reported as kept, not as tuned
+    assert "conditioning.tuned[ddim20] applied: scale=0.5 (command line kept: t_div=15)" in caplog.text
+    caplog.clear()
     assert "tuned" not in apply_tuned(cfg, "ddim20")["conditioning"]
     with caplog.at_level(logging.WARNING):
         same = apply_tuned(cfg, "ddim30")
@@ -275,6 +279,7 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
         assert 0.0 <= float(first["acc"]) <= 1.0 and "Digit classifier" in (tmp_path / "leaderboard.md").read_text()
     md = (tmp_path / "leaderboard.md").read_text()
     assert "### inpainting" in md and "Pareto front" in md
+    assert "Test digits: first 2 at 2, 4 NFE;" in md          # no 100-NFE digit count for a run without 100
     # budgets 2 and 4 NFE: the shipped configs were tuned at 100 (CoDPS+) / 250 (CoDPS) steps
     assert first["tuned"] == "0" and "Not tuned at their budget" in md and "CoDPS+ @ 2" in md
     csv_before = (tmp_path / "leaderboard.csv").read_text()

@@ -307,7 +307,10 @@ def apply_tuned(task: Mapping[str, Any], respacing: Any, keep: Iterable[str] = (
     params.update({k: v for k, v in entry.items() if k not in keep})
     cond["params"] = params
     cond["tuned_respacing"] = respacing   # these values were tuned for this step count
-    log.info("conditioning.tuned[%s] applied: %s", respacing, ", ".join(f"{k}={params[k]}" for k in entry))
+    used = [k for k in entry if k not in keep]
+    log.info("conditioning.tuned[%s] applied: %s%s", respacing, ", ".join(f"{k}={params[k]}" for k in used) or "nothing",
+             f" (command line kept: {', '.join(f'{k}={params[k]}' for k in entry if k in keep)})"
+             if any(k in keep for k in entry) else "")
     return out
 
 

@@ -82,12 +82,15 @@ def decode_image(img: Image.Image, channels: int) -> Image.Image:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``).
 
-    Creates the parent folder. On any error the temporary file is removed and ``path`` keeps its
-    previous content (or stays absent)."""
+    Creates the parent folder. The file gets the mode a plain ``open(path, "w")`` would give
+    (0666 less the process umask; ``mkstemp``'s private 0600 is not kept). On any error the
+    temporary file is removed and ``path`` keeps its previous content (or stays absent)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        if hasattr(os, "fchmod"):   # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -97,6 +100,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_via_buffer(path: str, write: Callable[[io.BytesIO], None]) -> None:
