@@ -295,7 +295,8 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
              f"; {ctx.world_size} processes" if ctx.enabled else "")
     torch.backends.cudnn.benchmark = False
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=None if args.measurement_dir else LPIPSMetric(device), dist=ctx,
+                    out_dir, options, info, device=device, lpips_metric=None if args.measurement_dir and not getattr(problem.dataset, "has_references", False)
+                    else LPIPSMetric(device), dist=ctx,
                     fixed_params=problem.fixed_params)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:

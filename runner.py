@@ -318,7 +318,7 @@ class Runner:
         output stays next to the new summary) and write summary.json with status ``running``."""
         opt = self.opt
         for sub in OUTPUT_DIRS + (("progress",) if opt.record else ()):
-            if sub == "label" and self.measured:
+            if sub == "label" and self.measured and not getattr(self.dataset, "has_references", False):
                 continue
             os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
         remove_stale_temporaries(self.out_dir)
@@ -459,16 +459,20 @@ class Runner:
 
     def _measurement(self, indices: Sequence[int], images: Sequence[torch.Tensor]
                      ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(x (N, C, H, W) or None in measurement mode, y) of a batch, with the physics set up
-        for it. Normal runs measure the clean images (``Physics.measure``): image i's kernel or
-        mask is drawn from (seed, i) (or is the config's fixed one), its noise from (seed, i).
-        Measurement mode takes y (``images``) and the kernels or masks from the folder, and
-        restricts y to what A can produce (inpainting: zeros at the missing pixels)."""
+        """(x (N, C, H, W), y) of a batch, with the physics set up for it. Normal runs measure the
+        clean images (``Physics.measure``): image i's kernel or mask is drawn from (seed, i) (or
+        is the config's fixed one), its noise from (seed, i). Measurement mode takes y
+        (``images``) and the kernels or masks from the folder, and restricts y to what A can
+        produce (inpainting: zeros at the missing pixels); x is the folder's ground truth
+        (``label/``) or None without one."""
         seed, n = self.opt.seed, len(indices)
         if self.measured:
             set_params(self.physics, [self.dataset.params(i) for i in indices], (n, *self.dataset.image_shape))
+            refs = [self.dataset.reference(i) for i in indices] if getattr(self.dataset, "has_references", False) \
+                else None
             with torch.no_grad():
-                return None, self.operator.project_measurement(torch.stack(images).to(self.device))
+                return (None if refs is None else torch.stack(refs).to(self.device),
+                        self.operator.project_measurement(torch.stack(images).to(self.device)))
         x = torch.stack(images).to(self.device)
         noise = torch_generators(seed, indices, STREAM_NOISE)
         if self.fixed_params is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -67,21 +68,44 @@ def test_round_trip_gives_the_same_reconstructions(tmp_path, task, monkeypatch, 
     rows1, rows2 = read_rows(first / "metrics.csv"), read_rows(second / "metrics.csv")
     assert [r["residual"] for r in rows2] == [r["residual"] for r in rows1]
     assert all(float(r["psnr"]) > 0 for r in rows1)
-    assert all(r["psnr"] == r["ssim"] == r["lpips"] == "" and r["status"] == "ok" for r in rows2)
+    # the run's folder has label/: its ground truth gives the same scores as the run itself
+    assert [(r["psnr"], r["ssim"], r["lpips"]) for r in rows2] == [(r["psnr"], r["ssim"], r["lpips"]) for r in rows1]
     summary = json.loads((second / "summary.json").read_text())
-    assert summary["measurement_dir"] == str(first) and summary["metrics"]["psnr"]["mean"] is None
+    summary1 = json.loads((first / "summary.json").read_text())
+    assert summary["measurement_dir"] == str(first)
+    assert summary["metrics"]["psnr"]["mean"] == summary1["metrics"]["psnr"]["mean"] is not None
     assert summary["metrics"]["residual"]["n"] == 3
     assert summary["images"] == {n: f"{n}.npy" for n in names}
-    assert not (second / "label").exists()
-    # the grid: input | reconstruction | label | |error| for a run, input | reconstruction without labels
-    g1, g2 = pixels(first / "grid.png"), pixels(second / "grid.png")
+    for name in names:
+        np.testing.assert_array_equal(pixels(second / "label" / f"{name}.png"), pixels(first / "label" / f"{name}.png"))
+    last = proc.stdout.strip().splitlines()[-1]
+    assert f"mean PSNR {summary['metrics']['psnr']['mean']:.2f} dB" in last
+    # the same measurements without label/: no ground truth, no scores, no label column in the grid
+    bare = tmp_path / "bare"
+    for sub in ("measurement", "params"):
+        shutil.copytree(first / sub, bare / sub)
+    proc = ok(run_inproc(tiny_args(task, tmp_path / "nowhere", tmp_path / "out") + EXTRA[task] + [
+        "--batch_size", "3", "--measurement_dir", str(bare)], tmp_path, monkeypatch, capsys))
+    third = tmp_path / "out" / "FFHQ" / "DDIM" / f"{task}_on_bare"
+    rows3 = read_rows(third / "metrics.csv")
+    assert [r["residual"] for r in rows3] == [r["residual"] for r in rows1]
+    assert all(r["psnr"] == r["ssim"] == r["lpips"] == "" and r["status"] == "ok" for r in rows3)
+    assert json.loads((third / "summary.json").read_text())["metrics"]["psnr"]["mean"] is None
+    assert not (third / "label").exists()
+    # the grid: input | reconstruction | label | |error| with a ground truth, input | reconstruction without
+    g1, g2, g3 = pixels(first / "grid.png"), pixels(second / "grid.png"), pixels(third / "grid.png")
     tile = 32 * zoom_for(32)
-    assert g1.shape[0] == g2.shape[0] == HEADER + 3 * (tile + GAP) + GAP
-    assert g1.shape[1] - g2.shape[1] == 2 * (tile + GAP)
+    assert g1.shape == g2.shape and g3.shape[0] == g1.shape[0] == HEADER + 3 * (tile + GAP) + GAP
+    assert g1.shape[1] - g3.shape[1] == 2 * (tile + GAP)
     last = proc.stdout.strip().splitlines()[-1]
     assert "restored 3 images (no ground truth: no PSNR / SSIM / LPIPS)" in last and "n/a" not in last
-    assert f"residual {summary['metrics']['residual']['mean']:.3f}" in last
     assert "LPIPS column left empty" not in proc.stderr   # no LPIPS set-up (or warning) without ground truth
+    # a label/ folder must cover every measurement
+    (bare / "label").mkdir()
+    shutil.copy(first / "label" / "00000.png", bare / "label" / "00000.png")
+    bad = run_inproc(tiny_args(task, tmp_path / "nowhere", tmp_path / "out2") + EXTRA[task] + [
+        "--measurement_dir", str(bare)], tmp_path, monkeypatch, capsys)
+    assert bad.returncode == 2 and "holds the ground truth of 1 of 3 measurements (none for 00001, 00002)" in bad.stderr
     # one plain progress line per batch (stderr is no terminal here), no carriage returns
     assert "progress: 3/3 images (100%)" in proc.stderr and "\r" not in proc.stderr
     # resuming in measurement mode skips the finished images

@@ -15,6 +15,10 @@ Layout of DIR (the one a normal run writes, so a run's output folder can be fed 
     DIR/params/<name>.npy        for operators with per-image parts: the kernel (kh, kw) or the
                                  mask (H, W) of 0/1 (1 = observed); a mask may also be
     DIR/params/<name>.png        a black-and-white PNG (white = observed)
+    DIR/label/<name>.png         optional ground truth x at the model's size (.png/.jpg or a
+                                 (C, H, W) .npy on [-1, 1]); when label/ exists every measurement
+                                 needs one, and PSNR / SSIM / LPIPS are computed against it (a
+                                 run's own output folder has it)
 
 Kernels follow our operators' convention: true (circular) convolution, y[p] = Σ_i k[i] x[p − (i − c)]
 with centre c = (kh // 2, kw // 2); the paper's code (``F.conv2d``) correlates, i.e. uses k
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MEASUREMENT_SUBDIR = "measurement"
 PARAMS_SUBDIR = "params"
+#: Optional ground truth of the measurements, as a normal run writes it.
+LABEL_SUBDIR = "label"
 #: Measurement files, in order of preference when one name has several.
 MEASUREMENT_EXTENSIONS = (".npy", ".png", ".jpg", ".jpeg")
 #: Kernel / mask files, in order of preference.
@@ -166,7 +172,7 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def read_measurement(path: str, y_shape: Sequence[int], what: str = "") -> torch.Tensor:
+def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: str = "measurement") -> torch.Tensor:
     """One measurement y from a ``.npy`` array ((C, h, w), or (h, w) for C = 1, on the [-1, 1]
     scale) or an image (.png/.jpg/.jpeg, converted to C channels, [0, 255] -> [-1, 1]).
 
@@ -174,6 +180,7 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "") -> torch
         path: the file.
         y_shape: the (C, h, w) the operator gives for the model's images.
         what: how the operator's geometry is described in the error message.
+        kind: what the file is, for the error messages ("measurement", "ground truth").
 
     Returns:
         (C, h, w) float32 tensor.
@@ -185,18 +192,18 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "") -> torch
     c, h, w = (int(v) for v in y_shape)
     expect = f"{what} expects {c}x{h}x{w}" if what else f"expected {c}x{h}x{w}"
     if str(path).lower().endswith(".npy"):
-        arr = _load_npy(path, "measurement").astype(np.float32)
+        arr = _load_npy(path, kind).astype(np.float32)
         if arr.ndim == 2 and c == 1:
             arr = arr[None]
         if tuple(arr.shape) != (c, h, w):
-            raise MeasurementError(f"measurement {path} has shape {'x'.join(map(str, arr.shape))}; {expect} "
+            raise MeasurementError(f"{kind} {path} has shape {'x'.join(map(str, arr.shape))}; {expect} "
                                    "(C, h, w on the [-1, 1] scale)")
         if not np.all(np.isfinite(arr)):
-            raise MeasurementError(f"measurement {path} holds NaN or infinite values")
+            raise MeasurementError(f"{kind} {path} holds NaN or infinite values")
         return torch.from_numpy(np.ascontiguousarray(arr))
-    img = _load_image(path, "measurement")
+    img = _load_image(path, kind)
     if img.size != (w, h):
-        raise MeasurementError(f"measurement {path} is {img.size[1]}x{img.size[0]} pixels; {expect} "
+        raise MeasurementError(f"{kind} {path} is {img.size[1]}x{img.size[0]} pixels; {expect} "
                                "(crop or resize the image, or change the operator)")
     arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 127.5 - 1.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -301,9 +308,10 @@ def _files_by_stem(folder: str, extensions: Sequence[str]) -> dict[str, str]:
 
 class MeasurementFolder:
     """The measurements of ``DIR`` (layout in the module docstring) for a run with
-    ``--measurement_dir``: image i is the i-th measurement in sorted order of names; it has no
-    ground truth. Everything is read and checked against the operator when the folder is opened,
-    so bad input fails before the run starts.
+    ``--measurement_dir``: image i is the i-th measurement in sorted order of names; its ground
+    truth is ``DIR/label/<name>`` when that folder exists (then for every measurement), else
+    there is none. Everything is read and checked against the operator when the folder is
+    opened, so bad input fails before the run starts.
 
     Args:
         root: DIR.
@@ -316,11 +324,14 @@ class MeasurementFolder:
         names: measurement file names (``<name>.npy`` / ``.png`` / ...), sorted by name.
         channels, image_size: C and H (= W) of the model's images.
         y_shape: (C, h, w) of a measurement.
-        has_labels: False (no ground truth).
+        has_labels: False (the run samples from the measurements, not from clean images).
+        has_references: True when ``DIR/label/`` holds the ground truth of every measurement.
 
     Raises:
         MeasurementError: no measurement folder or files, a file that does not fit the operator,
-            a missing kernel/mask for an operator with per-image parts, a non-binary mask.
+            a missing kernel/mask for an operator with per-image parts, a non-binary mask; a
+            ``label/`` folder without a ground truth for every measurement, or one of the
+            wrong size.
     """
 
     has_labels = False
@@ -350,9 +361,19 @@ class MeasurementFolder:
         self.fixed = fixed
         pdir = os.path.join(root, PARAMS_SUBDIR)
         self.param_files = _files_by_stem(pdir, PARAM_EXTENSIONS) if os.path.isdir(pdir) else {}
+        ldir = os.path.join(root, LABEL_SUBDIR)
+        self.label_files = _files_by_stem(ldir, MEASUREMENT_EXTENSIONS) if os.path.isdir(ldir) else {}
+        missing = [s for s in self.stems if s not in self.label_files]
+        if self.label_files and missing:
+            raise MeasurementError(f"{ldir} holds the ground truth of {len(self.stems) - len(missing)} of "
+                                   f"{len(self.stems)} measurements (none for {', '.join(missing[:3])}"
+                                   f"{', ...' if len(missing) > 3 else ''}); give one per measurement or "
+                                   "remove the folder")
+        self.has_references = bool(self.label_files)
         for i in range(len(self.names)):   # check everything now: nothing is written before
             self.load(i)
             self.params(i)
+            self.reference(i)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -390,6 +411,17 @@ class MeasurementFolder:
         size = getattr(self.operator, "kernel_size", None)
         kernel = read_kernel(path)
         return fit_kernel(kernel, int(size), path) if size is not None else kernel
+
+    def reference(self, index: int) -> torch.Tensor | None:
+        """The ground truth of measurement ``index`` (``DIR/label/<name>``) as (C, H, W) float32
+        on [-1, 1], or None when the folder has no ``label/``. Raises MeasurementError for a
+        file that cannot be read or is not the model's C x H x W."""
+        if not self.has_references:
+            return None
+        stem = self.stems[index]
+        c, h, w = self.image_shape
+        return read_measurement(os.path.join(self.root, LABEL_SUBDIR, self.label_files[stem]), (c, h, w),
+                                f"the model's {c}x{h}x{w} images", kind="ground truth")
 
     def load(self, index: int) -> torch.Tensor:
         """Measurement ``index`` as (C, h, w) float32 on the [-1, 1] scale, as read (the runner
