@@ -294,10 +294,10 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
              else f"measurements of {args.measurement_dir}",
              f"; {ctx.world_size} processes" if ctx.enabled else "")
     torch.backends.cudnn.benchmark = False
+    scored = args.measurement_dir is None or getattr(problem.dataset, "has_references", False)   # ground truth?
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=None if args.measurement_dir and not getattr(problem.dataset, "has_references", False)
-                    else LPIPSMetric(device), dist=ctx,
-                    fixed_params=problem.fixed_params)
+                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device) if scored else None,
+                    dist=ctx, fixed_params=problem.fixed_params)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:
         result = runner.run()
