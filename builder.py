@@ -271,13 +271,14 @@ def dry_run_operator(physics: Any, shape: tuple[int, int, int], seed: int,
 
 
 def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int,
-                  measurement_dir: str | None = None) -> Problem:
+                  measurement_dir: str | None = None, where: str = "task config") -> Problem:
     """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
     the task layout, the types of the model and diffusion keys, what the sampler can serve
     (:func:`check_servable`), the sampler (on the task's ``conditioning.time_grid``, if any),
     measurement, solver and data.
     With ``measurement_dir`` the images are the measurements of that folder (read and checked
-    now, see :mod:`util.measurement_io`) instead of ``task.data``.
+    now, see :mod:`util.measurement_io`) instead of ``task.data``. ``where`` names the task config
+    (and the overrides behind it) in the message of a bad method or method parameter.
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
     task = configs["task"]
@@ -293,7 +294,11 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
                                                      task["conditioning"].get("time_grid"))
     sampler = build_sampler(diffusion)
     physics = build_physics(task["measurement"], device)
-    solver = build_solver(task["conditioning"])
+    try:
+        solver = build_solver(task["conditioning"])
+    except ValueError as exc:
+        msg = " ".join(str(exc).split())
+        raise ValueError(f"{where}: conditioning: {msg}") from None
     warn_untuned_respacing(task["conditioning"], diffusion, sampler.num_timesteps)
     fixed = fixed_params(task["measurement"], shape)
     dry_run_operator(physics, shape, seed, device)

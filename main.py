@@ -153,7 +153,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     """Load and check everything from the arguments; returns (configs, applied overrides,
     device, problem). ``local_rank``: this process's GPU index under torchrun (None: one
     process). Raises BadInput (or the config / data / component errors) on bad input."""
-    from builder import build_problem, build_solver, diffusion_config_keys, model_config_keys
+    from builder import build_problem, diffusion_config_keys, model_config_keys
     from guided_diffusion.respace import grid_respacing
     from guided_diffusion.unet import resolve_channels_last
     from util.config import apply_overrides, apply_tuned, check_task_layout, load_yaml, overridden_params
@@ -178,16 +178,11 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
-    try:   # the method and its parameters, checked here so the error names the file (and override)
-        build_solver(configs["task"]["conditioning"])
-    except ValueError as exc:
-        cond = [k for k in task_overrides if k.startswith("task.conditioning.")]
-        label = args.task_config + (f" (with command-line override {', '.join(cond)})" if cond else "")
-        msg = " ".join(str(exc).split())
-        raise BadInput(f"{label}: conditioning: {msg}") from None
     device = resolve_device(args.device, args.gpu, local_rank)
     resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
-    problem = build_problem(configs, device, args.seed, getattr(args, "measurement_dir", None))
+    cond = [k for k in task_overrides if k.startswith("task.conditioning.")]   # named in a bad method's error
+    problem = build_problem(configs, device, args.seed, getattr(args, "measurement_dir", None),
+                            args.task_config + (f" (with command-line override {', '.join(cond)})" if cond else ""))
     return configs, applied, device, problem
 
 
