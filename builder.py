@@ -214,9 +214,9 @@ def build_measurement(measurement: Mapping[str, Any], device: str | torch.device
 
 def build_physics(measurement: Mapping[str, Any], device: str | torch.device = "cpu") -> Any:
     """``operators.Physics`` of the task config's ``measurement`` section (see
-    :func:`build_measurement`)."""
-    from operators import Physics
-    return Physics(*build_measurement(measurement, device))
+    :func:`build_measurement`): ``LinearPhysics`` for a linear operator (``operators.make_physics``)."""
+    from operators import make_physics
+    return make_physics(*build_measurement(measurement, device))
 
 
 def fixed_params(measurement: Mapping[str, Any], shape: tuple[int, int, int]) -> Any:

@@ -482,12 +482,13 @@ class Runner:
 
     def _residuals(self, y: torch.Tensor, x0: torch.Tensor, ok: Sequence[int]) -> dict[int, float | None]:
         """{n: ‖y_n − A x̂_n‖ / (σ_n √m_n)} for the images ``ok`` of the batch; m_n counts the
-        entries of y that A measures (the nonzeros of A Aᵀ 1: all of them but inpainting's holes)."""
+        entries of y that A measures (``physics.observed``: the nonzeros of A Aᵀ 1 for a linear A, all
+        of them but inpainting's holes; all of them for a nonlinear A)."""
         if not ok:
             return {}
         with torch.no_grad():
             ax = self.physics.A(torch.where(torch.isfinite(x0), x0, torch.zeros_like(x0)))
-            observed = self.physics.A(self.physics.A_T(torch.ones_like(y))).abs() > 1e-6
+            observed = self.physics.observed(y)
             values = data_fit_residual(y, ax, self.physics.sigma_n, observed)
         return {n: values[n] for n in ok}
 

@@ -1,5 +1,7 @@
-"""Base class of the linear measurement operators y = A x (+ noise) and the two name registries
-(operators and noise models) through which configs choose them."""
+"""Base classes of the measurement operators y = A(x) (+ noise): :class:`Operator` (any
+differentiable map, e.g. phase retrieval) and :class:`LinearOperator` (adds Aᵀ and the
+covariance solve), and the two name registries (operators and noise models) through which
+configs choose them."""
 from __future__ import annotations
 
 import inspect
@@ -58,8 +60,8 @@ def _build(registry: dict[str, type], kind: str, name: str, kwargs: dict[str, An
 
 
 def register_operator(name: str) -> Callable[[type], type]:
-    """Class decorator registering a :class:`LinearOperator` subclass under ``name`` (and setting
-    its ``name`` attribute), e.g. ``@register_operator("motion_blur")``.
+    """Class decorator registering an :class:`Operator` (linear: :class:`LinearOperator`) subclass
+    under ``name`` (and setting its ``name`` attribute), e.g. ``@register_operator("motion_blur")``.
 
     Raises:
         ValueError: ``name`` empty or already taken by another class.
@@ -67,7 +69,7 @@ def register_operator(name: str) -> Callable[[type], type]:
     return _register(_OPERATORS, "operator", name)
 
 
-def get_operator(name: str, device: str | torch.device = "cpu", **kwargs: Any) -> "LinearOperator":
+def get_operator(name: str, device: str | torch.device = "cpu", **kwargs: Any) -> "Operator":
     """Build the operator registered as ``name`` with keyword arguments ``kwargs``.
 
     Args:
@@ -90,9 +92,11 @@ def get_operator(name: str, device: str | torch.device = "cpu", **kwargs: Any) -
     return _build(_OPERATORS, "operator", name, kwargs, {"device": device})
 
 
-def list_operators() -> list[str]:
-    """Sorted names of the registered operators."""
-    return sorted(_OPERATORS)
+def list_operators(linear: bool | None = None) -> list[str]:
+    """Sorted names of the registered operators; ``linear`` True / False keeps only those whose
+    class declares ``is_linear`` so (None: all)."""
+    return sorted(n for n, cls in _OPERATORS.items()
+                  if linear is None or bool(getattr(cls, "is_linear", False)) == linear)
 
 
 def register_noise(name: str) -> Callable[[type], type]:
@@ -193,11 +197,14 @@ def safe_reciprocal(den: torch.Tensor) -> torch.Tensor:
 # Base class
 # --------------------------------------------------------------------------------------------
 
-class LinearOperator:
-    """A linear measurement operator A acting on images x: (N, C, H, W) float32/float64 in
-    [-1, 1], with everything a solver needs (DPS, Chung et al. 2023; CoDPS/CoDPS+, "Gaussian is
-    All You Need"): ``forward`` (A x), ``adjoint`` (A^T y), ``cov_solve`` ((sigma2 I + r2 A A^T)^{-1} v,
-    the covariance of y given x_t under CoDPS's Gaussian posterior) and its random parts.
+class Operator:
+    """A measurement operator A (any differentiable map) acting on images x: (N, C, H, W)
+    float32/float64 in [-1, 1]: ``forward`` (A x) and its random parts. Nonlinear operators
+    (phase retrieval, HDR clipping) subclass this directly and declare ``is_linear = False``;
+    linear ones subclass :class:`LinearOperator`. An operator may supply exact derivatives
+    ``vjp(x, v)`` (J_A(x)ᵀ v) and ``jvp(x, u)`` (J_A(x) u); without them ``operators.Physics``
+    uses autograd (``torch.func``), and ``pinv_init(y)`` (a rough inverse, RED-diff's
+    ``H_pinv``), and a bound ``jacobian_norm`` on ||J_A(x)||_2 for step sizes.
 
     Random operators (``is_random = True``: motion blur, inpainting) draw their per-image parts
     (kernel, mask) once per batch with :meth:`draw`; they are never re-drawn by ``forward``.
@@ -214,7 +221,13 @@ class LinearOperator:
         device: default device given at construction (a hint; inputs decide).
     """
 
-    name: str = "linear"
+    name: str = "operator"
+    #: whether A is linear (then it is a :class:`LinearOperator` with ``adjoint``); the dense-SVD
+    #: fallback, the observed mask A(Aᵀ1) and A^T-based methods exist only for linear operators.
+    is_linear: bool = False
+    #: an upper bound on the spectral norm of J_A(x) over x (or None when unknown); DAPS's
+    #: ``lr: auto`` uses it where there is no SVD.
+    jacobian_norm: float | None = None
     is_random: bool = False
     #: A = diag(m) with a 0/1 pixel mask m that has missing pixels (inpainting): a capability that
     #: CoDPS+'s paper variant (``use_A_AT: false``) asks for.
@@ -231,17 +244,6 @@ class LinearOperator:
     # ---- to implement ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y = A x; x: (N, C, H, W) -> y: ``y_shape(x.shape)``."""
-        raise NotImplementedError
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """A^T y; y: measurement shape -> (N, C, H, W)."""
-        raise NotImplementedError
-
-    def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
-        """(sigma2 I + r2 A A^T)^{-1} v in measurement space (CoDPS, "Gaussian is All You Need":
-        the covariance of y given x_t); r2, sigma2 python floats or (N,) tensors (per sample).
-        Where the matrix is singular (sigma2 = 0 and A A^T not invertible) the pseudo-inverse
-        is applied."""
         raise NotImplementedError
 
     def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
@@ -383,11 +385,6 @@ class LinearOperator:
         """The measurement shown as an image of the input size (N, C, H, W); default: y itself."""
         return y
 
-    def spectral_view(self, x_shape: tuple[int, int, int, int]) -> Any:
-        """This operator's own SVD view (``operators.spectral.SpectralView``) for images of
-        ``x_shape``, or None (then ``Physics`` falls back to a dense SVD for small images)."""
-        return None
-
     def project_measurement(self, y: torch.Tensor) -> torch.Tensor:
         """y restricted to what A can produce, applied by ``Physics.measure`` after the noise
         (inpainting: zeros at missing pixels); default: y unchanged."""
@@ -395,3 +392,40 @@ class LinearOperator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class LinearOperator(Operator):
+    """A linear measurement operator A acting on images x: (N, C, H, W) float32/float64 in
+    [-1, 1], with everything a solver needs (DPS, Chung et al. 2023; CoDPS/CoDPS+, "Gaussian is
+    All You Need"): ``forward`` (A x), ``adjoint`` (A^T y), ``cov_solve`` ((sigma2 I + r2 A A^T)^{-1} v,
+    the covariance of y given x_t under CoDPS's Gaussian posterior) and its random parts (see
+    :class:`Operator` for draws, state and shapes). Its derivatives are exact: J_A = A, so
+    ``vjp(x, v) = A^T v`` and ``jvp(x, u) = A u``.
+    """
+
+    name: str = "linear"
+    is_linear: bool = True
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y; y: measurement shape -> (N, C, H, W)."""
+        raise NotImplementedError
+
+    def cov_solve(self, v: torch.Tensor, r2: float | torch.Tensor, sigma2: float | torch.Tensor) -> torch.Tensor:
+        """(sigma2 I + r2 A A^T)^{-1} v in measurement space (CoDPS, "Gaussian is All You Need":
+        the covariance of y given x_t); r2, sigma2 python floats or (N,) tensors (per sample).
+        Where the matrix is singular (sigma2 = 0 and A A^T not invertible) the pseudo-inverse
+        is applied."""
+        raise NotImplementedError
+
+    def vjp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """J_A(x)ᵀ v = Aᵀ v (x only fixes nothing: A is linear); v measurement-shaped -> (N, C, H, W)."""
+        return self.adjoint(v)
+
+    def jvp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """J_A(x) u = A u; u (N, C, H, W) -> measurement shape."""
+        return self.forward(u)
+
+    def spectral_view(self, x_shape: tuple[int, int, int, int]) -> Any:
+        """This operator's own SVD view (``operators.spectral.SpectralView``) for images of
+        ``x_shape``, or None (then ``Physics`` falls back to a dense SVD for small images)."""
+        return None

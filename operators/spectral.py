@@ -196,8 +196,11 @@ def explicit_matrix(forward: Callable[[torch.Tensor], torch.Tensor], x_shape: Se
 
 
 def dense_fallback(operator: Any, x_shape: Sequence[int]) -> DenseView | None:
-    """A :class:`DenseView` of a deterministic operator on images with C·H·W ≤
-    :data:`DENSE_SVD_MAX_DIM`, else None."""
+    """A :class:`DenseView` of a deterministic operator declared linear on images with C·H·W ≤
+    :data:`DENSE_SVD_MAX_DIM`, else None (an operator with ``is_linear`` false never gets one:
+    the "SVD" of a nonlinear map means nothing)."""
+    if getattr(operator, "is_linear", True) is False:
+        return None
     if getattr(operator, "is_random", False) or math.prod(x_shape[1:]) > DENSE_SVD_MAX_DIM:
         return None
     with torch.no_grad():

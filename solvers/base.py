@@ -157,7 +157,9 @@ class Solver:
             ``step.weight`` and ``step.denoise(x, t)`` for extra network calls (see
             docs/framework.md for shapes and ranges).
         y: the measurement (``physics.measure``), or None for unconditional sampling.
-        physics: an :class:`operators.Physics` (A, Aᵀ, σ_n, ``cov_solve``, ``spectral``).
+        physics: an :class:`operators.Physics` (A, ``A_vjp`` / ``A_jvp``, σ_n, ``linearize``;
+            for a linear operator an :class:`operators.LinearPhysics`: also Aᵀ, ``cov_solve``,
+            ``spectral``).
 
     Returns (of ``step``): x_{t-1}, (N, C, H, W), dtype of ``step.proposal``; the loop detaches it.
     A method that computes ||y − A x0_hat|| anyway may store it in ``step.residual`` (N,).
@@ -166,6 +168,8 @@ class Solver:
         needs_grad: True when the step differentiates through the network (the loop then builds
             x_t with ``requires_grad=True`` and keeps the graph to x0_hat / ε̂); the others run
             under ``torch.inference_mode()``.
+        needs_linear: True (default) when the method needs a linear operator; ``check``
+            refuses a nonlinear physics then.
         params: ``{name: Param}``, the only keyword parameters the constructor accepts.
         names: the registered names (set by :func:`register_solver`).
 
@@ -173,6 +177,11 @@ class Solver:
     """
 
     needs_grad: ClassVar[bool] = False
+    #: True when the method needs a linear operator (Aᵀ, covariance solves, an SVD); the base
+    #: ``check`` then refuses a nonlinear physics (``physics.is_linear`` false) with one line.
+    #: Methods that run on any differentiable A (through ``A_vjp`` / ``A_jvp`` or
+    #: ``physics.linearize``) set it False.
+    needs_linear: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {}
     names: ClassVar[tuple[str, ...]] = ()
 
@@ -200,9 +209,14 @@ class Solver:
     def check(self, physics: Any) -> None:
         """Raise ValueError (one line) if this method cannot run with ``physics`` (e.g. it needs
         a spectral view the operator lacks). Called by the builder and at the start of the
-        loop. Default: a physics is required."""
+        loop. Default: a physics is required, and a linear one when :attr:`needs_linear`."""
         if physics is None:
             raise ValueError(f"solver {self.name!r} needs a measurement (physics); only 'none' runs without")
+        if self.needs_linear and not getattr(physics, "is_linear", True):
+            runs = ", ".join(sorted({cls.names[0] for cls in list_methods()
+                                     if not cls.needs_linear and cls.names and cls.names[0] != "none"}))
+            raise ValueError(f"solver {self.name!r} needs a linear operator (Aᵀ, covariance solves or an SVD); "
+                             f"{physics.name!r} is nonlinear; methods that run on it: {runs}")
 
     def step(self, step: Any, y: torch.Tensor | None, physics: Any) -> torch.Tensor:
         """One corrected reverse step; see the class docstring."""
@@ -237,6 +251,7 @@ class NoCorrection(Solver):
     ``physics`` and ``y`` may be None. Takes no parameters."""
 
     needs_grad = False
+    needs_linear = False
     params = {}
 
     def check(self, physics: Any) -> None:

@@ -35,6 +35,19 @@ the sampler's discretisation error. CoDPS's direction r²√ᾱ/(1-ᾱ) Aᵀ C�
 gradient of the same Gaussian log-likelihood (r²√ᾱ/(1-ᾱ) = J) evaluated at the proposal x'
 (μ formed from x') instead of at x_t; it uses the same w_t. With ``auto`` the correction is also
 applied at t = 0 (w_0 is the exact weight there) and ``t_div`` / ``div_ratio`` are not used.
+
+**Nonlinear A (linearised CoDPS / CoDPS+; docs/methods.md "Nonlinear measurements").** For a
+differentiable A that is not linear, A is replaced by its first-order expansion at the point
+where it is evaluated, A(x) ≈ A(x̄) + J (x − x̄), J = J_A(x̄) (x̄ = x0_hat for CoDPS+, μ for CoDPS).
+The Gaussian model x_0 ~ N(x̄, r² I) then gives y ~ N(A(x̄), C) with
+
+    C = σ_n² I + r² J Jᵀ,      g = Jᵀ C⁻¹ (y − A(x̄)),
+
+the same formulas with A Aᵀ → J Jᵀ and Aᵀ → Jᵀ, the residual kept nonlinear. C is SPD
+(σ_n > 0, floored at 1e-5 for CoDPS+), so C⁻¹ is solved by conjugate gradients using only the
+products J u (JVP) and Jᵀ v (VJP) of the operator (``physics.linearize``); the network is never
+differentiated, only the cheap A. For a linear A, J = A and ``linearize`` returns the physics
+itself: the step is exactly the linear one.
 """
 from __future__ import annotations
 
@@ -76,6 +89,7 @@ class _GaussianLikelihood(Solver):
     """
 
     needs_grad = False
+    needs_linear = False       # a nonlinear A is linearised (physics.linearize): see the module docstring
     params = _PARAMS
 
     def check(self, physics: Any) -> None:
@@ -155,8 +169,9 @@ class CoDPS(_GaussianLikelihood):
             r2 = self.posterior_var(a)
             coef = a.sqrt() / (1.0 - a)
             mu = r2 * (coef * xp + self.inv_var * x0)
-            w = self.cov_inverse(physics, y.detach().to(dtype) - physics.A(mu), r2.flatten(), sigma2)
-            x_next = xp + self.step_weight(step, xp) * r2 * coef * physics.A_T(w).to(dtype)
+            lin = physics.linearize(mu)          # itself for a linear A; else J_A(μ) with CG solves
+            w = self.cov_inverse(lin, y.detach().to(dtype) - physics.A(mu), r2.flatten(), sigma2)
+            x_next = xp + self.step_weight(step, xp) * r2 * coef * lin.A_T(w).to(dtype)
             return x_next.to(x_prev.dtype)
 
 
@@ -210,6 +225,7 @@ class CoDPSPlus(_GaussianLikelihood):
             a = per_sample(step.alpha_bar.to(device=xp.device, dtype=dtype), xp)   # (N,1,1,1)
             sigma2 = max(physics.sigma_n, SIGMA_FLOOR) ** 2
             r2 = self.posterior_var(a)
-            w = self.cov_inverse(physics, diff, r2.flatten(), sigma2)
-            x_next = xp + self.step_weight(step, xp) * self.jacobian(a) * physics.A_T(w).to(dtype)
+            lin = physics.linearize(x0)          # itself for a linear A; else J_A(x0_hat) with CG solves
+            w = self.cov_inverse(lin, diff, r2.flatten(), sigma2)
+            x_next = xp + self.step_weight(step, xp) * self.jacobian(a) * lin.A_T(w).to(dtype)
             return x_next.to(x_prev.dtype)

@@ -41,8 +41,9 @@ class DAPS(Solver):
          η_t = lr · (1 + (i/T)(lr_min_ratio − 1)) (the reference code's linear decay over the
          annealing, i the step count, T the number of levels), or ``lr: auto``:
          η_t = ½ / (s_max²/τ² + 1/r_t²), half the stability limit of this quadratic potential
-         (s_max the largest singular value of A from ``physics.spectral``, 1 without one).
-         Only A and Aᵀ are used.
+         (s_max the largest singular value of A from ``physics.spectral``, else the operator's
+         bound ``physics.jacobian_norm`` on ||J_A||, else 1). Only A and its VJP are used
+         (J_A(x)ᵀ(y − A(x)) for a nonlinear A, as the paper's phase retrieval and HDR).
        - ``langevin: false`` (exact, not in the paper): for linear A and Gaussian noise this
          conditional is Gaussian with mean x0_hat + r² Aᵀ C⁻¹ (y − A x0_hat) and covariance
          r² I − r⁴ Aᵀ C⁻¹ A, C = τ² I + r² A Aᵀ; one exact draw by perturb-and-solve
@@ -73,6 +74,7 @@ class DAPS(Solver):
     """
 
     needs_grad = False
+    needs_linear = False       # the Langevin steps use A's VJP; ``langevin: false`` needs a linear A
 
     @staticmethod
     def nfe_per_step(params: dict) -> int:
@@ -103,6 +105,9 @@ class DAPS(Solver):
         """Needs a physics whose noise model has a real σ_n >= 0."""
         super().check(physics)
         check_sigma(physics, self.name)
+        if not self.langevin and not physics.is_linear:
+            raise ValueError(f"solver {self.name!r} with langevin: false (the exact Gaussian draw) needs a linear "
+                             f"operator; {physics.name!r} is nonlinear: use langevin: true")
 
     def tau_value(self, physics: Any) -> float:
         """τ: the parameter, or max(σ_n, 1e-3) for ``auto``."""
@@ -128,7 +133,7 @@ class DAPS(Solver):
         """η_t per sample (N,) (see the class docstring)."""
         if self.lr == "auto":
             view = physics.spectral
-            smax2 = float(view.singulars.max()) ** 2 if view is not None else 1.0
+            smax2 = float(view.singulars.max()) ** 2 if view is not None else (physics.jacobian_norm or 1.0) ** 2
             return 0.5 / (smax2 / tau2 + 1.0 / r2)
         total = step.diffusion.num_timesteps if step.diffusion is not None else 1
         ratio = step.i / total
@@ -147,7 +152,7 @@ class DAPS(Solver):
             if used == chunk:
                 noise = step.randn((chunk,) + tuple(x0_hat.shape[1:])).to(x.dtype)
                 used = 0
-            grad = physics.A_T(y - physics.A(x)).to(x.dtype) / tau2 - (x - x0_hat) / r2b
+            grad = physics.A_vjp(x, y - physics.A(x)).to(x.dtype) / tau2 - (x - x0_hat) / r2b
             x = x + eta * grad + (2 * eta).sqrt() * noise[:, used]
             used += 1
         return x

@@ -31,6 +31,7 @@ class DPS(Solver):
     """
 
     needs_grad = True
+    needs_linear = False       # any differentiable A: the gradient goes through A by autograd
     params = {"scale": Param(1.0, "nonneg", "ζ, step size of the gradient step")}
 
     def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:

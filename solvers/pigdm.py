@@ -41,6 +41,7 @@ class PiGDM(Solver):
     """
 
     needs_grad = True
+    needs_linear = False       # a nonlinear A is linearised at x0_hat (physics.linearize)
     params = {"scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)")}
 
     def check(self, physics: Any) -> None:
@@ -60,8 +61,9 @@ class PiGDM(Solver):
             x0 = x0_hat.detach().to(dtype)
             diff = y.detach().to(dtype) - physics.A(x0)
             r2 = 1.0 - alpha_bar.to(device=x0.device, dtype=dtype)
-            v = physics.cov_solve(diff, r2, physics.sigma_n ** 2)
-            direction = physics.A_T(v).to(x0_hat.dtype)
+            lin = physics.linearize(x0)          # itself for a linear A; else J_A(x0_hat), CG solves
+            v = lin.cov_solve(diff, r2, physics.sigma_n ** 2)
+            direction = lin.A_T(v).to(x0_hat.dtype)
         (g,) = torch.autograd.grad(x0_hat, x_t, grad_outputs=direction)
         return g.to(dtype), diff.flatten(1).norm(dim=1)
 

@@ -61,6 +61,7 @@ class REDDiff(Solver):
     """
 
     needs_grad = False
+    needs_linear = False       # the data term's gradient is A's VJP; μ_0 the physics' rough inverse
     params = {
         "lr": Param(0.1, "positive", "Adam learning rate on μ"),
         "grad_term_weight": Param(0.25, "nonneg", "λ, weight of the denoising regulariser"),
@@ -77,9 +78,10 @@ class REDDiff(Solver):
         self._state = None
 
     def init_mu(self, y: torch.Tensor, physics: Any, dtype: torch.dtype) -> torch.Tensor:
-        """μ_0 = Aᵀ (σ_n² I + A Aᵀ)⁻¹ y, (N, C, H, W)."""
+        """μ_0 = Aᵀ (σ_n² I + A Aᵀ)⁻¹ y for a linear A, else the operator's rough inverse (the
+        reference code's ``H_pinv``: ``physics.pinv_init``), (N, C, H, W)."""
         y = y.detach().to(dtype)
-        return physics.A_T(physics.cov_solve(y, 1.0, physics.sigma_n ** 2)).to(dtype)
+        return physics.pinv_init(y).to(dtype)
 
     def weight(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         """λ_t = λ ((1−ᾱ)/ᾱ)^(p/2), same shape as ``alpha_bar``."""
@@ -88,11 +90,11 @@ class REDDiff(Solver):
     def gradient(self, mu: torch.Tensor, eps_hat: torch.Tensor, eps: torch.Tensor, y: torch.Tensor,
                  alpha_bar: torch.Tensor, physics: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(∂ℓ_t/∂μ (N, C, H, W), ||y − A μ|| (N,)) of the class docstring's ℓ_t (per sample):
-        −v/m Aᵀ(y − A μ) + λ_t/d (ε̂ − ε). ``alpha_bar``: (N,)."""
+        −v/m J_A(μ)ᵀ(y − A(μ)) + λ_t/d (ε̂ − ε) (J_A = A for a linear A). ``alpha_bar``: (N,)."""
         resid = y.to(mu.dtype) - physics.A(mu).to(mu.dtype)
         m, d = resid[0].numel(), mu[0].numel()
         lam = per_sample(self.weight(alpha_bar.to(mu.dtype)), mu)
-        grad = -(self.obs_weight / m) * physics.A_T(resid).to(mu.dtype) + lam / d * (eps_hat.to(mu.dtype) - eps)
+        grad = -(self.obs_weight / m) * physics.A_vjp(mu, resid).to(mu.dtype) + lam / d * (eps_hat.to(mu.dtype) - eps)
         return grad, resid.flatten(1).norm(dim=1)
 
     def step(self, step: Any, y: torch.Tensor, physics: Any) -> torch.Tensor:

@@ -68,6 +68,7 @@ class TMPD(PiGDM):
     """
 
     needs_grad = True
+    needs_linear = True        # uses Aᵀ directly (ΠGDM, its parent, linearises; TMPD could via physics.linearize)
     params = {
         "scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)"),
         "exact_cov": Param(False, "bool", "dense A J Aᵀ from m VJPs (small m) instead of the row-sum diagonal"),

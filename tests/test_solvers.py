@@ -82,7 +82,7 @@ def x_shape_of(op) -> tuple[int, int, int, int]:
     return (N,) + op.shape if isinstance(op, DenseOperator) else (N, C, H, W)
 
 
-OPERATOR_CASES = ["dense", "dense_inpainting"] + [f"registered:{name}" for name in operators.list_operators()]
+OPERATOR_CASES = ["dense", "dense_inpainting"] + [f"registered:{name}" for name in operators.list_operators(linear=True)]
 
 
 def make_operator(case: str):

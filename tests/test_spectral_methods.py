@@ -166,7 +166,7 @@ def test_ddnm_plus_equals_ddrm_with_eta_b_1_for_noisy_measurements():
                                        get_solver("DDRM", eta=eta, eta_b=1.0).step(step, y, phys))
 
 
-@pytest.mark.parametrize("name", list_operators())
+@pytest.mark.parametrize("name", list_operators(linear=True))
 def test_diffpir_prox_matches_dense_solve(name):
     """DiffPIR's data step, z + Aᵀ(ρI + AAᵀ)⁻¹(y − Az) via cov_solve, equals the dense
     (AᵀA + ρI)⁻¹(Aᵀy + ρz) for every registered operator (per-sample kernels / masks), ρ (N,);
