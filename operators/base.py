@@ -228,6 +228,9 @@ class Operator:
     #: an upper bound on the spectral norm of J_A(x) over x (or None when unknown); DAPS's
     #: ``lr: auto`` uses it where there is no SVD.
     jacobian_norm: float | None = None
+    #: whether y is an image (pixels on the [-1, 1] scale) that measurement mode may read from a
+    #: .png/.jpg; False for e.g. Fourier magnitudes (read from .npy only).
+    y_is_image: bool = True
     is_random: bool = False
     #: A = diag(m) with a 0/1 pixel mask m that has missing pixels (inpainting): a capability that
     #: CoDPS+'s paper variant (``use_A_AT: false``) asks for.

@@ -70,6 +70,8 @@ class PhaseRetrieval(Operator):
     """
 
     is_linear = False
+    #: y holds Fourier magnitudes, not pixels: measurement mode reads it from .npy only.
+    y_is_image = False
 
     def __init__(self, oversample: float = 2.0, input_range: str = "unit", device: str | torch.device = "cpu") -> None:
         super().__init__(device)
@@ -140,11 +142,15 @@ class PhaseRetrieval(Operator):
         raise ValueError(f"operator 'phase_retrieval': no image size pads to {size} at oversample {self.oversample}")
 
     def display(self, y: torch.Tensor) -> torch.Tensor:
-        """log(1 + y) scaled per image to [-1, 1] (the measurement's own shape (N, C, H', W')):
-        a magnitude spectrum spans decades, so the picture shows its logarithm."""
-        lg = torch.log1p(y.clamp(min=0))
+        """The log-magnitude spectrum log(1 + y), scaled per image to [-1, 1] and resized
+        (antialiased bilinear) from (H', W') to the image size (N, C, H, W), so that it sits in
+        the run's pictures beside the images: a magnitude spectrum spans decades, its logarithm
+        shows its structure. (The saved ``measurement/*.npy`` keeps y itself, (C, H', W').)"""
+        lg = torch.log1p(y.clamp(min=0).float())
         top = lg.flatten(1).amax(dim=1).clamp(min=1e-12).reshape(-1, *([1] * (y.dim() - 1)))
-        return 2.0 * lg / top - 1.0
+        shown = 2.0 * lg / top - 1.0
+        size = (self._unpadded(y.shape[-2]), self._unpadded(y.shape[-1]))
+        return F.interpolate(shown, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
     def __repr__(self) -> str:
         return f"PhaseRetrieval(oversample={self.oversample}, input_range={self.input_range!r})"

@@ -428,7 +428,13 @@ class MeasurementFolder:
         restricts it to what the operator can produce: a masked photo's holes may hold anything).
 
         Raises:
-            MeasurementError: see :func:`read_measurement`.
+            MeasurementError: see :func:`read_measurement`; an image file for an operator whose
+                y is not an image (``y_is_image`` false: phase retrieval's Fourier magnitudes).
         """
+        name = self.names[index]
+        if not getattr(self.operator, "y_is_image", True) and not name.lower().endswith(".npy"):
+            raise MeasurementError(f"measurement {os.path.join(self.root, MEASUREMENT_SUBDIR, name)}: {self.operator.name} "
+                                   f"measurements are not images; give them as .npy arrays of shape "
+                                   f"{'x'.join(map(str, self.y_shape))}")
         return read_measurement(os.path.join(self.root, MEASUREMENT_SUBDIR, self.names[index]), self.y_shape,
                                 self.geometry)
