@@ -170,8 +170,8 @@ def test_every_method_accepts_or_refuses_in_one_line(name):
             assert "\n" not in msg and "nonlinear" in msg, (cls.names[0], msg)
             continue
         accepted.add(cls.names[0])
-    assert RUN_ON_NONLINEAR <= accepted, RUN_ON_NONLINEAR - accepted
-    assert {"DDRM", "DDNM+", "DiffPIR", "TMPD"}.isdisjoint(accepted) or True   # linear-only ones refused above
+    # exactly these: a new method inheriting needs_linear = False without using A_vjp / linearize shows here
+    assert accepted == RUN_ON_NONLINEAR, accepted ^ RUN_ON_NONLINEAR
     with pytest.raises(ValueError, match="langevin: true"):
         get_solver("DAPS", langevin=False).check(phys)
 
