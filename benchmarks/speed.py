@@ -230,11 +230,11 @@ def image_shape(cfg: dict, batch: int = 1) -> tuple[int, int, int, int]:
 
 
 def operator_settings(size: str) -> dict[str, dict]:
-    """{operator name: keyword arguments} for every registered operator at ``size``: the
+    """{operator name: keyword arguments} for every registered linear operator at ``size``: the
     shipped task config's arguments where one exists, else the operator's defaults."""
     out: dict[str, dict] = {}
     folder = os.path.join(ROOT, SIZES[size]["tasks"])
-    for name in list_operators():
+    for name in list_operators(linear=True):    # the table times A, Aᵀ and cov_solve
         tasks = TASK_OF_OPERATOR.get(name, ())
         for task in (tasks,) if isinstance(tasks, str) else tasks:
             path = os.path.join(folder, f"{task}_config.yaml")
