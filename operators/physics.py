@@ -136,7 +136,8 @@ class Physics:
     def __init__(self, operator: Any, noiser: Any = None, use_cg: bool = False,
                  cg_tol: float = 1e-6, cg_max_iter: int = 200) -> None:
         if operator is None or not callable(getattr(operator, "forward", None)):
-            raise ValueError(f"Physics needs an operator with forward, got {type(operator).__name__}")
+            raise ValueError(f"Physics needs an operator with forward and adjoint (a linear one) or forward "
+                             f"(is_linear false), got {type(operator).__name__}")
         if noiser is None:
             from .noise import Clean
             noiser = Clean()
