@@ -34,6 +34,7 @@ TASK_LAYOUT: dict[str, Any] = {
     "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None, "time_grid": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
+    "metrics": None,   # optional, checked by util.metrics.metrics_options (lpips_net: vgg | alex)
 }
 
 #: The value that may replace a number or a bool (and be replaced by one) in an override, e.g.
