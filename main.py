@@ -161,6 +161,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise BadInput(f"--{flag} must be a positive integer, got {value}")
+    from util.seeding import check_seed
+    check_seed(args.seed)   # names --seed and the valid range (ValueError: one line, exit 2)
     configs = {"model": load_yaml(args.model_config, "model config"),
                "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
                "task": load_yaml(args.task_config, "task config")}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import shutil
 import subprocess
 import sys
 

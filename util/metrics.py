@@ -184,7 +184,8 @@ def data_fit_residual(y: torch.Tensor, ax: torch.Tensor, sigma: float, observed:
         observed: (N, ...) or broadcastable boolean, the entries that are measured (m = their
             count per image; unmeasured entries, e.g. inpainting's missing pixels, are 0 in both).
     Returns:
-        N floats, or N None when ``sigma`` is 0.
+        N floats; None for every image when ``sigma`` is 0, and for an image with no measured
+        entry (m = 0: a residual 0 would read as a perfect fit).
 
     >>> data_fit_residual(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 0.5, torch.ones(1, 1, 2, 2) > 0)
     [2.0]
@@ -193,8 +194,9 @@ def data_fit_residual(y: torch.Tensor, ax: torch.Tensor, sigma: float, observed:
         return [None] * y.shape[0]
     diff = (y.double() - ax.double()) * observed
     sq = diff.reshape(y.shape[0], -1).pow(2).sum(dim=1)
-    m = torch.broadcast_to(observed, y.shape).reshape(y.shape[0], -1).sum(dim=1).clamp_min(1).double()
-    return [float(v) for v in torch.sqrt(sq / m) / sigma]
+    m = torch.broadcast_to(observed, y.shape).reshape(y.shape[0], -1).sum(dim=1).double()
+    values = torch.sqrt(sq / m.clamp_min(1)) / sigma
+    return [None if int(k) == 0 else float(v) for v, k in zip(values, m)]   # nothing measured: no fit to report
 
 
 #: Keys of a task config's optional ``metrics`` section and what each accepts.
