@@ -221,3 +221,11 @@ def test_full_disk_names_the_file(tmp_path):
 def test_bad_seed_names_the_flag_and_range(tmp_path, monkeypatch, capsys, data, seed):
     fails(tmp_path, monkeypatch, capsys, "gaussian_deblur", data, ["--seed", seed], "--seed", seed,
           "[0, 9223372036854775807]")
+
+
+def test_save_dir_that_is_a_file_is_named(tmp_path, monkeypatch, capsys, data):
+    (tmp_path / "afile").write_text("x")
+    args = tiny_args("gaussian_deblur", data, tmp_path / "afile") + ["task.measurement.operator.kernel_size=9"]
+    line = assert_clean_failure(run_inproc(args, tmp_path, monkeypatch, capsys), f"{tmp_path / 'afile'} is a file",
+                                "not a folder")
+    assert "does not exist" not in line and (tmp_path / "afile").read_text() == "x"
