@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import subprocess
+from unittest import mock
 import sys
 
 import numpy as np
@@ -206,3 +207,50 @@ def test_final_line_names_method_and_respacing():
     assert run_label(ddpm) == "motion_blur, CoDPS (ddpm, 1000 steps)"
     assert final_line({**base, "set_metrics": {"n": 16, "fd_digits": 1.23456, "fid": 7.0}}).endswith(
         "over 16 images; FD-digits 1.235, FID 7.00")
+
+
+def test_an_ffhq_config_run_records_lpips_vgg(tmp_path, monkeypatch, capsys):
+    """The shipped FFHQ task config (with the tiny model): lpips_net vgg in summary.json, and offline
+    one warning naming the VGG-16 weights file; 3-channel images get no FD-digits, FID / KID a note."""
+    from cli_helpers import make_images, run_dir, run_inproc, tiny_args
+    make_images(tmp_path / "data", n=2)
+    proc = run_inproc(tiny_args("gaussian_deblur", tmp_path / "data", tmp_path / "out") +
+                      ["task.measurement.operator.kernel_size=9"], tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir(tmp_path / "out", "gaussian_deblur") / "summary.json").read_text())
+    assert summary["lpips_net"] == "vgg" and summary["configs"]["task"]["metrics"] == {"lpips_net": "vgg"}
+    assert proc.stderr.count("vgg16-397923af.pth") == 1
+    sets = summary["set_metrics"]
+    assert sets["fd_digits"] is None and sets["fid"] is None and len(sets["notes"]) == 1
+    assert sets["notes"][0].startswith("FID / KID not computed")
+
+
+def test_fid_and_kid_with_cached_inception_weights(tmp_path, monkeypatch):
+    """With (here random) Inception weights in the hub cache, FID / KID are computed from PNG folders
+    (torch-fidelity's network, loaded weights-only), and agree with the formulas on its features."""
+    pytest.importorskip("torch_fidelity")
+    import torch.nn as nn
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    path = set_metrics.inception_weights_path()
+    (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
+    with mock.patch.object(inc, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(nn.Module, "load_state_dict", lambda self, sd, *a, **k: None):
+        torch.manual_seed(0)
+        net = inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    from util.image_io import save_png
+    rng = np.random.default_rng(0)
+    paths = {"a": [], "b": []}
+    for folder, n in (("a", 2), ("b", 3)):
+        for i in range(n):
+            paths[folder].append(str(tmp_path / folder / f"{i}.png"))
+            save_png(paths[folder][-1], rng.random((3, 16, 16)))
+    extractors, notes = set_metrics.make_extractors((3, 16, 16))
+    assert notes == [] and [e.name for e in extractors] == ["inception"]
+    fa, fb = (set_metrics.features(paths[k], extractors) for k in ("a", "b"))
+    assert fa["inception"].shape == (2, 2048)
+    res = set_metrics.score(fa, fb)
+    assert res["fd_digits"] is None and res["fid"] > 0 and res["kid"] is not None and res["notes"] == []
+    # torch-fidelity's FID (eigenvalues of Σ_a Σ_b) against ours (scipy sqrtm): one formula
+    assert res["fid"] == pytest.approx(set_metrics.frechet_distance(fa["inception"], fb["inception"]), rel=1e-4)
