@@ -229,3 +229,14 @@ def test_save_dir_that_is_a_file_is_named(tmp_path, monkeypatch, capsys, data):
     line = assert_clean_failure(run_inproc(args, tmp_path, monkeypatch, capsys), f"{tmp_path / 'afile'} is a file",
                                 "not a folder")
     assert "does not exist" not in line and (tmp_path / "afile").read_text() == "x"
+
+
+def test_negative_kernel_entries_warn_once(tmp_path, caplog):
+    from util.measurement_io import read_kernel
+    k = np.array([[0.0, -0.5, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    np.save(tmp_path / "k.npy", k)
+    with caplog.at_level(logging.WARNING):
+        out = read_kernel(str(tmp_path / "k.npy"))
+    assert out.sum() == pytest.approx(1.0) and out[0, 1] == pytest.approx(-0.2)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "k.npy" in lines[0] and "negative" in lines[0]

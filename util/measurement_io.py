@@ -107,6 +107,9 @@ def read_kernel(path: str) -> np.ndarray:
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise MeasurementError(f"kernel {path} holds NaN or infinite values")
+    if arr.min() < 0:
+        log.warning("kernel %s has negative entries (min %g): a blur kernel is non-negative; check that it is the "
+                    "point-spread function, not its inverse or a difference", path, float(arr.min()))
     total = float(arr.sum())
     if total <= 0:
         raise MeasurementError(f"kernel {path} sums to {total:g}; a blur kernel must sum to a positive number "
