@@ -88,8 +88,17 @@ def test_frechet_distance_against_the_closed_form_of_two_gaussians():
     assert set_metrics.frechet_distance(x, y) == pytest.approx(9.0 + 1.0, rel=1e-10)
     with pytest.raises(ValueError, match="N >= 2"):
         set_metrics.frechet_distance(fa[:1], fb)
-    fidelity = pytest.importorskip("torch_fidelity")
-    assert fidelity is not None and set_metrics.fid(fa, fb) == pytest.approx(want, rel=1e-6)
+
+
+def test_torch_fidelity_fid_against_the_closed_form():
+    pytest.importorskip("torch_fidelity")
+    rng = np.random.default_rng(2)
+    d = 4
+    a1, a2 = rng.standard_normal((d, d)), rng.standard_normal((d, d))
+    s1, s2 = a1 @ a1.T + 0.5 * np.eye(d), a2 @ a2.T + 0.1 * np.eye(d)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    fa, fb = _exact_moments(rng, 30, mu1, s1), _exact_moments(rng, 50, mu2, s2)
+    assert set_metrics.fid(fa, fb) == pytest.approx(_closed_form(mu1, s1, mu2, s2), rel=1e-8)
 
 
 def _kid_direct(x: np.ndarray, y: np.ndarray) -> float:
