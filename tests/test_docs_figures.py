@@ -77,3 +77,12 @@ def test_readme_and_docs_quote_the_main_job_as_recorded():
 def test_no_stale_main_job_figures(stale):
     for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
         assert stale not in " ".join(path.read_text(encoding="utf-8").split()), path.name
+
+
+def test_results_record_refuses_an_unfinished_run(tmp_path, capsys):
+    from util.results_record import main
+    assert main([str(tmp_path), str(tmp_path / "r.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read {tmp_path / 'summary.json'}")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running"}))
+    assert main([str(tmp_path), str(tmp_path / "r.json")]) == 2
+    assert "status 'running', not complete" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
