@@ -161,6 +161,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise BadInput(f"--{flag} must be a positive integer, got {value}")
+    from util.seeding import check_seed
+    check_seed(args.seed)   # names --seed and the valid range (ValueError: one line, exit 2)
     configs = {"model": load_yaml(args.model_config, "model config"),
                "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
                "task": load_yaml(args.task_config, "task config")}
@@ -175,6 +177,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
                                                                 configs["task"]["conditioning"].get("time_grid"))
     configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
                                   keep=overridden_params(applied))   # logs the values it applies
+    from util.metrics import metrics_options
+    metrics_options(configs["task"].get("metrics"), args.task_config)   # a bad metrics.lpips_net fails now
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
@@ -243,7 +247,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         import torch
         from builder import build_model, resolved_config, warn_random_weights
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
-        from util.metrics import LPIPSMetric
+        from util.metrics import LPIPSMetric, metrics_options
         from util.layout import run_dir
         out_dir = run_dir(args.save_dir, args.task_config, args.measurement_dir)
         measured = None if args.measurement_dir is None else os.path.abspath(args.measurement_dir)
@@ -291,7 +295,8 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
     torch.backends.cudnn.benchmark = False
     scored = args.measurement_dir is None or getattr(problem.dataset, "has_references", False)   # ground truth?
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
-                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device) if scored else None,
+                    out_dir, options, info, device=device, lpips_metric=LPIPSMetric(
+                        device, metrics_options(configs["task"].get("metrics"))["lpips_net"]) if scored else None,
                     dist=ctx, fixed_params=problem.fixed_params)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:

@@ -6,7 +6,8 @@
 # on samples/mnist/ in well under a minute on a CPU.
 # Extra arguments pass through to main.py, e.g. --num_images 10 --seed 225 task.conditioning.params.scale=0.1
 # Relative paths you pass (--save_dir, --*_config, the environment's save_dir, overrides of keys
-# ending in root, model_path, _path, _file or _dir) are taken from your working folder; the
+# ending in root, model_path, _path, _file or _dir, and operator.kernel= / operator.mask= files) are
+# taken from your working folder; the
 # default save_dir results/<dataset>/<sampling_type> and the paths inside the configs are in the
 # repository. The exit status is main.py's (2: bad input such as a missing checkpoint or data folder).
 set -u

@@ -38,6 +38,7 @@ from util.measurement_io import set_params
 from util.metrics import LPIPSMetric, data_fit_residual, psnr, ssim, to_unit
 from util.progress import RunProgress
 from util.outdir import clear_owned
+from util.set_metrics import format_set_metrics, run_features, run_score
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 log = logging.getLogger(__name__)
@@ -160,21 +161,47 @@ def summarize(rows: Sequence[dict]) -> dict:
     return {"counts": counts, "metrics": metrics}
 
 
+def run_label(summary: dict) -> str:
+    """What ran, for the final line and the logs: ``"<operator>, <method> (<respacing>)"``, e.g.
+    ``"motion_blur, CoDPS+ (ddim100)"``; a run without respacing gives its sampler and step count
+    (``"motion_blur, CoDPS (ddpm, 1000 steps)"``). Read from summary.json's ``configs`` (the
+    method and time grid as they ran) and ``resolved``; parts it lacks are left out."""
+    configs = summary.get("configs") or {}
+    method = ((configs.get("task") or {}).get("conditioning") or {}).get("method")
+    diffusion = configs.get("diffusion") or {}
+    respacing = diffusion.get("timestep_respacing")
+    steps = ((summary.get("resolved") or {}).get("diffusion") or {}).get("num_steps")
+    if respacing not in (None, ""):
+        grid = str(respacing)
+    elif steps:
+        grid = f"{diffusion.get('sampler', 'ddpm')}, {steps} steps"
+    else:
+        grid = ""
+    what = f"{method}{f' ({grid})' if grid else ''}" if method else ""
+    return ", ".join(p for p in (summary.get("operator", ""), what) if p)
+
+
 def final_line(summary: dict) -> str:
-    """One line: mean PSNR / SSIM / LPIPS, data-fit residual and seconds per image, with the counts
-    (restore mode, ``measurement_dir`` set and no ground truth: the restored count instead of n/a metrics)."""
+    """One line: what ran (:func:`run_label`: operator, method, respacing), mean PSNR / SSIM /
+    LPIPS, data-fit residual and seconds per image, with the counts (restore mode,
+    ``measurement_dir`` set and no ground truth: the restored count instead of n/a metrics), and
+    the set-level metrics of ``summary["set_metrics"]`` when there are any
+    (:func:`util.set_metrics.format_set_metrics`)."""
     m, c = summary["metrics"], summary["counts"]
 
     def fmt(key: str, spec: str) -> str:
         v = m.get(key, {}).get("mean")
         return "n/a" if v is None else format(v, spec)
     extra = "".join(f", {c[k]} {k}" for k in ("diverged", "unreadable") if c.get(k))
+    label = run_label(summary)
+    sets = format_set_metrics(summary.get("set_metrics"), count=False)
+    sets = f"; {sets}" if sets else ""
     if summary.get("measurement_dir") and all(fmt(k, "") == "n/a" for k in ("psnr", "ssim", "lpips")):
-        return (f"{summary.get('operator', '')}: restored {c['ok']} images (no ground truth: no PSNR / SSIM / LPIPS), "
+        return (f"{label}: restored {c['ok']} images (no ground truth: no PSNR / SSIM / LPIPS), "
                 f"residual {fmt('residual', '.3f')}, {fmt('seconds', '.2f')} s per image{extra}")
-    return (f"{summary.get('operator', '')}: mean PSNR {fmt('psnr', '.2f')} dB / SSIM {fmt('ssim', '.4f')} / "
+    return (f"{label}: mean PSNR {fmt('psnr', '.2f')} dB / SSIM {fmt('ssim', '.4f')} / "
             f"LPIPS {fmt('lpips', '.4f')} ({summary.get('metric_norm', 'clip')}), residual {fmt('residual', '.3f')}, "
-            f"{fmt('seconds', '.2f')} s per image over {c['ok']} images{extra}")
+            f"{fmt('seconds', '.2f')} s per image over {c['ok']} images{extra}{sets}")
 
 
 def rank_csv_files(out_dir: str) -> list[str]:
@@ -251,6 +278,7 @@ class Runner:
         self.progress: RunProgress | None = None
         self.rows: dict[str, dict] = {}
         self.new_rows: dict[str, dict] = {}   # rows this process wrote in this run
+        self.set_metrics: dict | None = None   # util.set_metrics.run_score at the end of the run
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def selection(self) -> list[int]:
@@ -297,7 +325,10 @@ class Runner:
             self.finished(i) or self.rows.get(image_name(i), {}).get("status") == STATUS_UNREADABLE for i in selection)
         summary.update({"metric_norm": self.opt.metric_norm, "seed": self.opt.seed,
                         "batch_size": self.opt.batch_size, "processes": self.dist.world_size,
-                        "noise_sigma": getattr(self.noiser, "sigma", None)})
+                        "noise_sigma": getattr(self.noiser, "sigma", None),
+                        "lpips_net": getattr(self.lpips, "net_name", None)})
+        if self.set_metrics is not None:
+            summary["set_metrics"] = self.set_metrics
         summary.update(self.info)
         summary["unreadable"] = [r["image"] for r in rows if r.get("status") == STATUS_UNREADABLE]
         summary["diverged"] = {r["image"]: r["status"] for r in rows if str(r.get("status", "")).startswith("diverged")}
@@ -404,14 +435,26 @@ class Runner:
         self.progress.close()
         self._write_rows()
         self.dist.wait_for_all()
+        gathered = self.dist.gather(self._set_features(mine))   # FID / KID / FD-digits, util.set_metrics
         if not self.dist.is_main:
             return RunResult(rows=list(self.new_rows.values()), summary={}, out_dir=self.out_dir)
         if self.dist.enabled:
             self._merge_rows()
         self._write_grid(selection)
+        self.set_metrics = run_score(gathered)
         summary = self._write_summary(selection, "complete")
         rows = [self.rows[image_name(i)] for i in selection if image_name(i) in self.rows]
         return RunResult(rows=rows, summary=summary, out_dir=self.out_dir)
+
+    def _set_features(self, mine: Sequence[int]) -> dict | None:
+        """This process's part of the set metrics: features of its finished images that have a
+        ground truth, from their PNGs (:func:`util.set_metrics.run_features`); None without any."""
+        if self.measured and not getattr(self.dataset, "has_references", False):
+            return None
+        names = [image_name(i) for i in mine if self.finished(i)
+                 and self.rows.get(image_name(i), {}).get("status") == STATUS_OK]
+        shape = (self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
+        return run_features(self.out_dir, names, shape, self.device)
 
     def _write_grid(self, selection: Sequence[int]) -> None:
         """grid.png of the first images of the selection (a failure is only a warning)."""

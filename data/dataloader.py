@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from util.image_io import decode_image
+from util.image_io import decode_image, has_alpha
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,17 @@ class ImageDataset:
         self.channels = int(channels)
         self.resized = 0
         self._warned = False
+        self._warned_alpha = False
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _finish(self, img: Image.Image) -> torch.Tensor:
+    def _finish(self, img: Image.Image, name: str = "") -> torch.Tensor:
+        if not self._warned_alpha and has_alpha(img):   # said once per dataset, naming the first file
+            self._warned_alpha = True
+            log.warning("image %s has transparency (mode %s): the alpha channel is dropped and the colours under it "
+                        "are used as they are; flatten it onto a background first if that matters", name or "?",
+                        img.mode)
         x, changed = to_model_image(img, self.image_size, self.channels)
         if changed:
             self.resized += 1
@@ -133,8 +139,10 @@ class FolderDataset(ImageDataset):
 
     def __init__(self, root: str, image_size: int, channels: int = 3):
         super().__init__(image_size, channels)
+        if os.path.isfile(root):
+            raise DataError(f"data root {root!r} is a file; expected a folder of png/jpg images or an .npz file")
         if not os.path.isdir(root):
-            raise DataError(f"data root {root!r} does not exist or is not a folder")
+            raise DataError(f"data root {root!r} does not exist")
         paths = []
         for folder, dirs, files in os.walk(root):
             dirs.sort()
@@ -152,7 +160,7 @@ class FolderDataset(ImageDataset):
         try:
             with Image.open(path) as img:
                 img.load()
-                return self._finish(img)
+                return self._finish(img, path)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise UnreadableImageError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
 
@@ -162,15 +170,11 @@ class NpzDataset(ImageDataset):
 
     def __init__(self, root: str, image_size: int, channels: int = 3, key: str = "arr_0"):
         super().__init__(image_size, channels)
+        from util.files import FileError, load_npz
         try:
-            with np.load(root, allow_pickle=False) as f:
-                if key not in f.files:
-                    raise DataError(f"data root {root!r} has no array {key!r} (has: {', '.join(f.files)})")
-                arr = f[key]
-        except FileNotFoundError as exc:
-            raise DataError(f"data root {root!r} does not exist") from exc
-        except (OSError, ValueError) as exc:
-            raise DataError(f"data root {root!r} is not a readable .npz file: {' '.join(str(exc).split())}") from exc
+            arr = load_npz(root, "data root", key)
+        except FileError as exc:   # missing, a folder, damaged / truncated, another kind of file, no key
+            raise DataError(str(exc)) from None
         if arr.ndim == 4 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (3, 4)):
@@ -183,7 +187,7 @@ class NpzDataset(ImageDataset):
 
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as (C, H, W) float32 in [-1, 1]."""
-        return self._finish(Image.fromarray(self.array[index]))
+        return self._finish(Image.fromarray(self.array[index]), f"{self.names[index]} of the .npz")
 
 
 def _folder_or_npz(root: str, image_size: int, channels: int = 3, **kwargs) -> ImageDataset:

@@ -419,21 +419,6 @@ def _parse_resolutions(attention_resolutions, image_size: int) -> list[int]:
     return out
 
 
-def _load_failure_reason(exc: BaseException) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` failed, without PyTorch's advice to
-    retry with ``weights_only=False`` (unsafe for a file of unknown origin)."""
-    import re
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global| Please use|\n|$)", text)
-    if found:
-        return (f"it holds Python objects that a weights-only load refuses ({found.group(1).strip()}); "
-                "save the model's state_dict (torch.save(model.state_dict(), path)) instead")
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    if "weights_only" in first:   # any other form of the advice: keep only the error type
-        first = ""
-    return f"{type(exc).__name__}{': ' + first if first else ''}"
-
-
 def load_state_dict_checked(model: nn.Module, path: str, device: str | torch.device = "cpu") -> None:
     """Load a state_dict checkpoint into ``model`` with strict key and shape checking.
 
@@ -442,23 +427,15 @@ def load_state_dict_checked(model: nn.Module, path: str, device: str | torch.dev
     published), ValueError naming the first missing / unexpected / mis-shaped entry, or saying in
     one line why the file is not a weights-only checkpoint (without PyTorch's advice to retry
     with ``weights_only=False``, unsafe for a file of unknown origin)."""
+    if os.path.isdir(path):
+        raise ValueError(f"model_path {path!r} is a folder; expected a checkpoint file (.pt / .pth)")
     if not os.path.isfile(path):
         where = OFFICIAL_CHECKPOINTS.get(os.path.basename(path))
         hint = f"; download it from {where} and place it at {path}" if where else \
             "; set model.model_path to an existing checkpoint (see ckpts/README.md)"
         raise FileNotFoundError(f"model_path {path!r} does not exist{hint}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        raise ValueError(f"model_path {path!r} is not a loadable weights-only state_dict checkpoint: "
-                         f"{_load_failure_reason(exc)}") from exc
-    if isinstance(state, dict):
-        for key in ("ema", "state_dict", "model"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise ValueError(f"model_path {path!r} does not hold a state_dict")
+    from util.files import load_checkpoint   # weights-only; one line for a truncated / corrupt / wrong-kind file
+    state = load_checkpoint(path, "model_path", device)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

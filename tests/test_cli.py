@@ -288,7 +288,7 @@ def test_npz_data_and_grayscale_model(tmp_path, monkeypatch, capsys):
 
 BAD_CASES = {
     "missing config": (["--task_config", "configs/nope.yaml"], ["does not exist", "nope.yaml"]),
-    "unreadable config": (["--task_config", "configs"], ["cannot be read"]),
+    "config folder for a file": (["--task_config", "configs"], ["configs", "is a folder; expected a YAML file"]),
     "unknown operator": (["task.measurement.operator.name=nope"], ["nope", "gaussian_blur", "inpainting"]),
     "unknown noise": (["task.measurement.noise.name=nope"], ["nope", "gaussian"]),
     "unknown solver": (["task.conditioning.method=nope"], ["nope", "CoDPS+", "DPS", "_config.yaml"]),

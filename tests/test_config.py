@@ -50,9 +50,17 @@ def test_loader_errors(tmp_path, content, match):
         load_yaml(str(path))
 
 
-def test_loader_directory_is_unreadable(tmp_path):
-    with pytest.raises(ConfigError, match="cannot be read"):
+def test_loader_directory_is_named_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; expected a YAML file"):
         load_yaml(str(tmp_path))
+
+
+def test_loader_refuses_a_repeated_key(tmp_path):
+    (tmp_path / "t.yaml").write_text("a: 1\nb:\n  c: 2\n  d: [1, 2]\n  c: 3\n")
+    with pytest.raises(ConfigError, match=r"t.yaml'?: repeated key 'c' \(first on line 3, again on line 5\)"):
+        load_yaml(str(tmp_path / "t.yaml"))
+    (tmp_path / "ok.yaml").write_text("a: {c: 1}\nb: {c: 2}\n")   # the same key in two mappings is fine
+    assert load_yaml(str(tmp_path / "ok.yaml")) == {"a": {"c": 1}, "b": {"c": 2}}
 
 
 def test_overrides_apply_and_convert():

@@ -34,6 +34,7 @@ TASK_LAYOUT: dict[str, Any] = {
     "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None, "time_grid": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
+    "metrics": None,   # optional, checked by util.metrics.metrics_options (lpips_net: vgg | alex)
 }
 
 #: The value that may replace a number or a bool (and be replaced by one) in an override, e.g.
@@ -58,7 +59,23 @@ def _construct_tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple:
     return tuple(loader.construct_sequence(node, deep=True))
 
 
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are all distinct: YAML 1.2 forbids a repeated key, which PyYAML would
+    silently resolve to the last value. Raises yaml.constructor.ConstructorError naming the key
+    and both lines."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated key {key!r} (first on line {seen[key] + 1}, again on line "
+                            f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        seen.setdefault(key, key_node.start_mark.line)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
 ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", _construct_tuple)
+ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
 
 
@@ -78,18 +95,23 @@ def parse_value(text: str) -> Any:
 def load_yaml(path: str, what: str = "config") -> dict:
     """Read a YAML mapping from ``path`` with :class:`ConfigLoader`.
 
-    Raises ConfigError (one line) when the file is missing, unreadable, not valid YAML, or does
-    not hold a mapping. An empty file gives ``{}``."""
+    Raises ConfigError (one line) when the file is missing, a folder, unreadable, not valid YAML,
+    repeats a key in one mapping (PyYAML would keep the last value silently), or does not hold a
+    mapping. An empty file gives ``{}``."""
     if not path:
         raise ConfigError(f"{what}: no file given")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=ConfigLoader)
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{what} {path!r} is a folder; expected a YAML file") from exc
     except FileNotFoundError as exc:
         raise ConfigError(f"{what} {path!r} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} {path!r} cannot be read: {_one_line(exc)}") from exc
     except yaml.YAMLError as exc:
+        if "repeated key" in str(exc):
+            raise ConfigError(f"{what} {path!r}: {_one_line(exc)}") from exc
         raise ConfigError(f"{what} {path!r} is not valid YAML (or uses an unsupported tag): {_one_line(exc)}") from exc
     if data is None:
         return {}

@@ -76,12 +76,14 @@ def _check_images(x: torch.Tensor) -> None:
 
 def load_classifier(path: str = DEFAULT_PATH, device: str | torch.device = "cpu") -> DigitClassifier:
     """The trained classifier in eval mode. Raises FileNotFoundError naming the training command
-    when ``path`` is missing, ValueError when the file is not this network's state_dict."""
+    when ``path`` is missing, ValueError (:class:`util.files.FileError`) when the file is
+    truncated, corrupt, another kind of file or not this network's state_dict."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"digit classifier {path!r} does not exist; train it with "
                                 "`python -m util.digit_classifier --train`")
+    from util.files import load_checkpoint
     model = DigitClassifier()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, "digit classifier")   # weights-only; one line for a bad file
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

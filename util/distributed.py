@@ -140,6 +140,21 @@ class DistContext:
                                    "saved, run the same command again to resume "
                                    f"({' '.join(str(exc).split())[:200]})") from exc
 
+    def gather(self, obj: Any) -> list | None:
+        """Collective after :meth:`wait_for_all`: rank 0 gets [the object of rank 0, of rank 1,
+        ...] (small picklable objects: feature arrays of a few thousand rows), the other ranks
+        None; a single process gets [obj]. Raises DistributedError when another rank died."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+        gathered: list = [None] * self.world_size
+        try:
+            dist.all_gather_object(gathered, obj, group=self.finish_group)
+        except RuntimeError as exc:
+            raise DistributedError(f"lost contact with the other processes while gathering results "
+                                   f"({' '.join(str(exc).split())[:200]})") from exc
+        return gathered if self.is_main else None
+
     def close(self) -> None:
         """Leave the process group (no-op for a single process); never raises."""
         if not self.enabled:

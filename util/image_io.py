@@ -31,6 +31,12 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 DECODABLE_MODES = EIGHT_BIT_MODES + tuple(PREMULTIPLIED_MODES) + SIXTEEN_BIT_MODES + ("I", "F")
 
 
+def has_alpha(img: Image.Image) -> bool:
+    """Whether a PIL image carries transparency (an alpha channel, or a palette / grey image with
+    a transparent colour), which :func:`decode_image` drops."""
+    return img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or ("transparency" in img.info and img.mode in ("P", "L", "RGB"))
+
+
 def decode_image(img: Image.Image, channels: int) -> Image.Image:
     """Convert a decoded PIL image to 8 bits per channel with ``channels`` channels.
 
@@ -84,7 +90,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
     Creates the parent folder. The file gets the mode a plain ``open(path, "w")`` would give
     (0666 less the process umask; ``mkstemp``'s private 0600 is not kept). On any error the
-    temporary file is removed and ``path`` keeps its previous content (or stays absent)."""
+    temporary file is removed and ``path`` keeps its previous content (or stays absent); an
+    OSError (e.g. ENOSPC, a full disk) is re-raised with ``filename`` = ``path``, so that its
+    message names the file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -96,9 +104,12 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            # a full disk (ENOSPC) or a quota fails in write / fsync without a file name: name the target
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from util.image_io import has_alpha
+
 log = logging.getLogger(__name__)
 
 MEASUREMENT_SUBDIR = "measurement"
@@ -49,6 +51,12 @@ PARAM_EXTENSIONS = (".npy", ".png")
 FIXED_KEYS = {"kernel": "kernels", "mask": "masks"}
 
 
+#: Largest |value| a ``.npy`` file of each kind may hold on the [-1, 1] image scale: a measurement
+#: is A x + n (n of std σ_n, a few tenths at most), a ground truth an image. Beyond it the file is
+#: on another scale ([0, 255], [0, 1] would pass), refused rather than restored into nonsense.
+NPY_LIMITS = {"measurement": 2.0, "ground truth": 1.0 + 1e-3}
+
+
 class MeasurementError(ValueError):
     """A measurement, kernel or mask file is missing, unreadable or does not fit the operator
     (one line, for ``error: ...`` and exit status 2)."""
@@ -59,18 +67,17 @@ class MeasurementError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 def _load_npy(path: str, what: str) -> np.ndarray:
+    """A numeric array of a ``.npy`` file (:func:`util.files.load_npy`); raises MeasurementError."""
+    from util.files import FileError, load_npy
     try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise MeasurementError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise MeasurementError(f"{what} {path} is not a readable .npy array: {' '.join(str(exc).split())}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise MeasurementError(f"{what} {path} must hold a numeric array, got {getattr(arr, 'dtype', type(arr))}")
-    return arr
+        return load_npy(path, what)
+    except FileError as exc:
+        raise MeasurementError(str(exc)) from None
 
 
 def _load_image(path: str, what: str) -> Image.Image:
+    if os.path.isdir(path):
+        raise MeasurementError(f"{what} {path} is a folder; expected an image file (.png / .jpg)")
     try:
         with Image.open(path) as img:
             img.load()
@@ -88,6 +95,8 @@ def read_kernel(path: str) -> np.ndarray:
     Raises:
         MeasurementError: missing/unreadable file, not 2-D, non-finite values, or a sum <= 0.
     """
+    if os.path.isdir(path):
+        raise MeasurementError(f"kernel {path} is a folder; expected a .npy file holding a (kh, kw) array")
     if not str(path).lower().endswith(".npy"):
         raise MeasurementError(f"kernel {path} must be a .npy file holding a (kh, kw) array")
     arr = _load_npy(path, "kernel")
@@ -98,6 +107,9 @@ def read_kernel(path: str) -> np.ndarray:
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise MeasurementError(f"kernel {path} holds NaN or infinite values")
+    if arr.min() < 0:
+        log.warning("kernel %s has negative entries (min %g): a blur kernel is non-negative; check that it is the "
+                    "point-spread function, not its inverse or a difference", path, float(arr.min()))
     total = float(arr.sum())
     if total <= 0:
         raise MeasurementError(f"kernel {path} sums to {total:g}; a blur kernel must sum to a positive number "
@@ -141,8 +153,8 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
         (H, W) float64 of 0 and 1.
 
     Raises:
-        MeasurementError: missing/unreadable file, other size, or values other than 0/1
-            (black/white), e.g. a grey or anti-aliased (JPEG) mask.
+        MeasurementError: missing/unreadable file, other size, values other than 0/1
+            (black/white), e.g. a grey or anti-aliased (JPEG) mask, or no observed pixel at all.
     """
     if str(path).lower().endswith(".npy"):
         arr = _load_npy(path, "mask").astype(np.float64)
@@ -157,8 +169,9 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
     else:
         img = _load_image(path, "mask")
         rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            log.debug("mask %s: ignoring its alpha channel", path)
+        if has_alpha(img):
+            log.warning("mask %s has transparency (mode %s): its alpha channel is ignored, only black / white count",
+                        path, img.mode)
         grey_ok = np.all(rgb == rgb[..., :1])
         values = np.unique(rgb)
         if not grey_ok or not set(values.tolist()) <= {0, 255}:
@@ -169,6 +182,9 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
         arr = (rgb[..., 0] == 255).astype(np.float64)
     if tuple(arr.shape) != tuple(hw):
         raise MeasurementError(f"mask {path} is {arr.shape[0]}x{arr.shape[1]} but the images are {hw[0]}x{hw[1]}")
+    if not arr.any():
+        raise MeasurementError(f"mask {path} observes no pixel (all 0); a mask marks the observed pixels with 1 "
+                               "(white), the missing ones with 0 (black)")
     return arr
 
 
@@ -186,8 +202,9 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: st
         (C, h, w) float32 tensor.
 
     Raises:
-        MeasurementError: missing/unreadable file, non-finite values, or a shape other than
-            ``y_shape`` (the message says which shape the operator expects).
+        MeasurementError: missing/unreadable file, non-finite values, a ``.npy`` whose values
+            lie outside the [-1, 1] scale (beyond :data:`NPY_LIMITS`, e.g. 8-bit [0, 255]), or a
+            shape other than ``y_shape`` (the message says which shape the operator expects).
     """
     c, h, w = (int(v) for v in y_shape)
     expect = f"{what} expects {c}x{h}x{w}" if what else f"expected {c}x{h}x{w}"
@@ -200,11 +217,20 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: st
                                    "(C, h, w on the [-1, 1] scale)")
         if not np.all(np.isfinite(arr)):
             raise MeasurementError(f"{kind} {path} holds NaN or infinite values")
+        limit = NPY_LIMITS.get(kind, NPY_LIMITS["measurement"])
+        lo, hi = float(arr.min()), float(arr.max())
+        if max(-lo, hi) > limit:
+            hint = ("; 8-bit pixel values: convert with v / 127.5 - 1" if hi > 2 and lo >= 0 else "")
+            raise MeasurementError(f"{kind} {path} holds values in [{lo:g}, {hi:g}]; expected the [-1, 1] image "
+                                   f"scale (|v| <= {limit:g}){hint}")
         return torch.from_numpy(np.ascontiguousarray(arr))
     img = _load_image(path, kind)
     if img.size != (w, h):
         raise MeasurementError(f"{kind} {path} is {img.size[1]}x{img.size[0]} pixels; {expect} "
                                "(crop or resize the image, or change the operator)")
+    if has_alpha(img):
+        log.warning("%s %s has transparency (mode %s): the alpha channel is dropped and the colours under it are "
+                    "used as they are", kind, path, img.mode)
     arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 127.5 - 1.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
@@ -342,6 +368,9 @@ class MeasurementFolder:
         self.channels, self.image_size = int(image_shape[0]), int(image_shape[1])
         self.x_shape = (1, *(int(s) for s in image_shape))
         folder = os.path.join(root, MEASUREMENT_SUBDIR)
+        if os.path.isfile(root):
+            raise MeasurementError(f"--measurement_dir {root} is a file; expected a folder with a "
+                                   f"{MEASUREMENT_SUBDIR}/ subfolder of y files")
         if not os.path.isdir(root):
             raise MeasurementError(f"--measurement_dir {root} does not exist (a folder with a {MEASUREMENT_SUBDIR}/ "
                                    f"subfolder of y files is expected)")

@@ -1,6 +1,11 @@
 """Image quality metrics of a reconstruction against its reference: PSNR and SSIM
-(scikit-image) on images mapped to [0, 1], and LPIPS (AlexNet, the ``lpips`` package) when the
-AlexNet backbone weights are already in the torch hub cache, so nothing ever downloads.
+(scikit-image) on images mapped to [0, 1], and LPIPS (the ``lpips`` package, v0.1, on the VGG-16
+or AlexNet backbone: ``metrics.lpips_net`` of the task config) when the backbone's torchvision
+weights are already in the torch hub cache, so nothing ever downloads.
+
+LPIPS-VGG is what the CoDPS paper's code (``util/compute_metric.py``: ``lpips.LPIPS(net='vgg')``),
+DPS, DAPS and InverseBench report; the FFHQ and IMAGENET configs use it. AlexNet (lpips' own
+default) stays the default elsewhere. The two give different numbers: compare only equal nets.
 
 Two ways to map a model-scale image x in [-1, 1] to [0, 1]:
 
@@ -15,6 +20,7 @@ import io
 import logging
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,40 +88,59 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, norm: str = "clip") -> list[float]:
     return out
 
 
-def alexnet_weights_path() -> str:
-    """Where torchvision keeps (and would download) the AlexNet weights that LPIPS uses:
-    ``<torch.hub.get_dir()>/checkpoints/alexnet-owt-7be5be79.pth`` (``$TORCH_HOME`` moves it)."""
-    from torchvision.models import AlexNet_Weights
-    name = os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
+#: ``metrics.lpips_net`` values: the lpips backbone -> (torchvision builder, its weights enum name).
+LPIPS_NETS = {"vgg": ("vgg16", "VGG16_Weights"), "alex": ("alexnet", "AlexNet_Weights")}
+#: The backbone when a task config has no ``metrics.lpips_net`` (the FFHQ / IMAGENET configs set vgg).
+DEFAULT_LPIPS_NET = "alex"
+
+
+def lpips_weights_path(net: str = DEFAULT_LPIPS_NET) -> str:
+    """Where torchvision keeps (and would download) the ImageNet weights of LPIPS backbone ``net``:
+    ``<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth`` (vgg) or ``alexnet-owt-7be5be79.pth``
+    (alex); ``$TORCH_HOME`` moves it. Raises ValueError for a ``net`` not in :data:`LPIPS_NETS`."""
+    if net not in LPIPS_NETS:
+        raise ValueError(f"metrics.lpips_net {net!r} is not an LPIPS backbone; valid: {', '.join(LPIPS_NETS)}")
+    import torchvision.models as tvm
+    name = os.path.basename(getattr(tvm, LPIPS_NETS[net][1]).IMAGENET1K_V1.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", name)
 
 
-class LPIPSMetric:
-    """LPIPS distance (AlexNet, lpips v0.1) per image, or nothing when the backbone is missing.
+def alexnet_weights_path() -> str:
+    """:func:`lpips_weights_path` of AlexNet (``.../checkpoints/alexnet-owt-7be5be79.pth``)."""
+    return lpips_weights_path("alex")
 
-    The AlexNet backbone comes from the torch hub cache only: when :func:`alexnet_weights_path`
-    does not exist, ``available`` is False, ``__call__`` returns None for every image, and one
-    warning says how to enable the metric. ``lpips.LPIPS`` is only constructed once the file is
+
+class LPIPSMetric:
+    """LPIPS distance (lpips v0.1, backbone ``net``: "vgg" or "alex") per image, or nothing when
+    the backbone weights are missing.
+
+    The backbone comes from the torch hub cache only: when :func:`lpips_weights_path` does not
+    exist, ``available`` is False, ``__call__`` returns None for every image, and one warning
+    names the file and how to cache it. ``lpips.LPIPS`` is only constructed once the file is
     known to be there, so no download is ever attempted. The lpips linear-layer weights ship
-    inside the package.
+    inside the package. ``net_name`` records the backbone (for summary.json).
+
+    Raises ValueError for a ``net`` not in :data:`LPIPS_NETS`.
     """
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", net: str = DEFAULT_LPIPS_NET):
         self.device = torch.device(device)
         self.net = None
+        self.net_name = net
         self.reason = ""
-        path = alexnet_weights_path()
+        path = lpips_weights_path(net)
+        builder, weights = LPIPS_NETS[net]
         if not os.path.isfile(path):
-            self.reason = (f"LPIPS column left empty: AlexNet weights not found at {path}. To enable it, run once "
-                           f"with network access: python -c \"import torchvision; "
-                           f"torchvision.models.alexnet(weights='IMAGENET1K_V1')\" (or copy the file there)")
+            self.reason = (f"LPIPS column left empty: {builder} weights for LPIPS-{net} not found at {path}. "
+                           f"To enable it, run once with network access: python -c \"import torchvision; "
+                           f"torchvision.models.{builder}(weights='IMAGENET1K_V1')\" (or copy the file there)")
             log.warning(self.reason)
             return
         try:
             import lpips  # imported lazily: it is slow to import
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                self.net = lpips.LPIPS(net="alex", verbose=False).to(self.device).eval()
+                self.net = lpips.LPIPS(net=net, verbose=False).to(self.device).eval()
         except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
             self.reason = f"LPIPS column left empty: could not set up LPIPS from {path}: {' '.join(str(exc).split())}"
             log.warning(self.reason)
@@ -159,7 +184,8 @@ def data_fit_residual(y: torch.Tensor, ax: torch.Tensor, sigma: float, observed:
         observed: (N, ...) or broadcastable boolean, the entries that are measured (m = their
             count per image; unmeasured entries, e.g. inpainting's missing pixels, are 0 in both).
     Returns:
-        N floats, or N None when ``sigma`` is 0.
+        N floats; None for every image when ``sigma`` is 0, and for an image with no measured
+        entry (m = 0: a residual 0 would read as a perfect fit).
 
     >>> data_fit_residual(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 0.5, torch.ones(1, 1, 2, 2) > 0)
     [2.0]
@@ -168,5 +194,38 @@ def data_fit_residual(y: torch.Tensor, ax: torch.Tensor, sigma: float, observed:
         return [None] * y.shape[0]
     diff = (y.double() - ax.double()) * observed
     sq = diff.reshape(y.shape[0], -1).pow(2).sum(dim=1)
-    m = torch.broadcast_to(observed, y.shape).reshape(y.shape[0], -1).sum(dim=1).clamp_min(1).double()
-    return [float(v) for v in torch.sqrt(sq / m) / sigma]
+    m = torch.broadcast_to(observed, y.shape).reshape(y.shape[0], -1).sum(dim=1).double()
+    values = torch.sqrt(sq / m.clamp_min(1)) / sigma
+    return [None if int(k) == 0 else float(v) for v, k in zip(values, m)]   # nothing measured: no fit to report
+
+
+#: Keys of a task config's optional ``metrics`` section and what each accepts.
+METRICS_KEYS = {"lpips_net": tuple(LPIPS_NETS)}
+
+
+def metrics_options(section: Any, where: str = "task config") -> dict:
+    """The task config's ``metrics`` section, checked, with defaults: {"lpips_net": "vgg" | "alex"}.
+
+    Args:
+        section: ``task["metrics"]`` (a mapping, or None when the config has none).
+        where: how the config is named in the error message.
+    Raises:
+        ValueError (one line) for a section that is not a mapping, an unknown key or a value
+        outside :data:`METRICS_KEYS`.
+
+    >>> metrics_options({"lpips_net": "vgg"})
+    {'lpips_net': 'vgg'}
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: metrics must be a mapping like {{lpips_net: vgg}}, got {section!r}")
+    unknown = sorted(set(section) - set(METRICS_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) metrics.{', metrics.'.join(unknown)}; valid keys: "
+                         f"{', '.join(METRICS_KEYS)}")
+    out = {"lpips_net": section.get("lpips_net", DEFAULT_LPIPS_NET)}
+    for key, valid in METRICS_KEYS.items():
+        if out[key] not in valid:
+            raise ValueError(f"{where}: metrics.{key} {out[key]!r} is not valid; valid: {', '.join(valid)}")
+    return out

@@ -26,8 +26,15 @@ class OutputFolderError(Exception):
 
 def describe_os_error(exc: OSError, what: str = "cannot write the outputs") -> str:
     """One line for a filesystem error on the output side, e.g. ``cannot write the outputs:
-    no space left on device (ENOSPC) at results/x/recon/00001.png``."""
+    no space left on device (ENOSPC) at results/x/recon/00001.png``; a path through a file
+    (ENOTDIR, e.g. ``--save_dir`` naming a file) names that file."""
     name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    if exc.errno == errno.ENOTDIR and exc.filename:   # a file where a folder of the path should be: name it
+        part = os.path.abspath(str(exc.filename))
+        while part and not os.path.isfile(part) and os.path.dirname(part) != part:
+            part = os.path.dirname(part)
+        if os.path.isfile(part):
+            return f"{what}: {part} is a file, not a folder (ENOTDIR); give a folder path"
     reason = (exc.strerror or str(exc) or type(exc).__name__).strip()
     reason = reason[0].lower() + reason[1:] if reason else reason
     where = exc.filename if exc.filename is not None else ""

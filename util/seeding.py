@@ -14,6 +14,19 @@ STREAM_NOISE = 1      # measurement noise (torch)
 STREAM_SAMPLER = 2    # x_T and the sampler's per-step noise (torch)
 
 
+#: The seeds a run accepts: what torch.manual_seed and numpy's SeedSequence both take as given.
+SEED_MAX = (1 << 63) - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """Return ``seed`` when 0 <= seed <= :data:`SEED_MAX` (2^63 − 1). Raises ValueError (one
+    line naming ``flag`` and the valid range) for a negative, too large or non-integer seed,
+    before anything runs (a 20-digit seed would otherwise fail in torch.manual_seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{flag} must be an integer in [0, {SEED_MAX}] (0 to 2^63 - 1), got {seed}")
+    return seed
+
+
 def image_seed(seed: int, index: int, stream: int) -> int:
     """A 63-bit integer seed derived from (seed, image index, stream) by numpy's SeedSequence."""
     state = np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(2, dtype=np.uint32)

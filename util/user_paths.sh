@@ -1,10 +1,12 @@
 # Sourced by run_commands.sh and batch_command.sh (bash): paths the user gives (path options,
-# overrides of keys ending in root / model_path / _path / _file / _dir, and the save_dir
+# overrides of keys ending in root / model_path / _path / _file / _dir, the operator's kernel= and
+# mask= files, and the save_dir
 # variables) are relative to the caller's folder; the configs' own paths (model_path, data root)
 # stay relative to the repository, where main.py runs.
 #   caller_dir=$PWD; resolve_user_args "$@"   ->  user_args=( ...the arguments, made absolute... )
 #   abs_path PATH                             ->  PATH made absolute against caller_dir
-abs_path() { case "$1" in ""|/*|"~"*) printf '%s' "$1" ;; *) printf '%s/%s' "$caller_dir" "$1" ;; esac; }
+# Not paths, left as given: empty (also a quoted empty '""' or "''", as main.py reads it), absolute, ~, null.
+abs_path() { case "$1" in ""|'""'|"''"|null|/*|"~"*) printf '%s' "$1" ;; *) printf '%s/%s' "$caller_dir" "$1" ;; esac; }
 
 resolve_user_args() {
   user_args=()
@@ -17,7 +19,8 @@ resolve_user_args() {
         --save_dir|--model_config|--diffusion_config|--task_config|--measurement_dir) path_option=1 ;;
         --save_dir=*|--model_config=*|--diffusion_config=*|--task_config=*|--measurement_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
         -*) ;;
-        *.root=*|*.model_path=*|*_path=*|*_file=*|*_dir=*) arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
+        *.root=*|*.model_path=*|*_path=*|*_file=*|*_dir=*|*.operator.kernel=*|*.operator.mask=*)
+          arg="${arg%%=*}=$(abs_path "${arg#*=}")" ;;
       esac
     fi
     user_args+=("$arg")
