@@ -188,7 +188,8 @@ def read_mask(path: str, hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: str = "measurement") -> torch.Tensor:
+def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: str = "measurement",
+                     image_scale: bool = True) -> torch.Tensor:
     """One measurement y from a ``.npy`` array ((C, h, w), or (h, w) for C = 1, on the [-1, 1]
     scale) or an image (.png/.jpg/.jpeg, converted to C channels, [0, 255] -> [-1, 1]).
 
@@ -197,6 +198,10 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: st
         y_shape: the (C, h, w) the operator gives for the model's images.
         what: how the operator's geometry is described in the error message.
         kind: what the file is, for the error messages ("measurement", "ground truth").
+        image_scale: y lives on the [-1, 1] image scale (checked against :data:`NPY_LIMITS`);
+            False for an operator whose y is not an image (``y_is_image`` false: phase
+            retrieval's Fourier magnitudes, whose scale grows with the image size), where only
+            finiteness is checked.
 
     Returns:
         (C, h, w) float32 tensor.
@@ -219,7 +224,7 @@ def read_measurement(path: str, y_shape: Sequence[int], what: str = "", kind: st
             raise MeasurementError(f"{kind} {path} holds NaN or infinite values")
         limit = NPY_LIMITS.get(kind, NPY_LIMITS["measurement"])
         lo, hi = float(arr.min()), float(arr.max())
-        if max(-lo, hi) > limit:
+        if image_scale and max(-lo, hi) > limit:
             hint = ("; 8-bit pixel values: convert with v / 127.5 - 1" if hi > 2 and lo >= 0 else "")
             raise MeasurementError(f"{kind} {path} holds values in [{lo:g}, {hi:g}]; expected the [-1, 1] image "
                                    f"scale (|v| <= {limit:g}){hint}")
@@ -466,4 +471,4 @@ class MeasurementFolder:
                                    f"measurements are not images; give them as .npy arrays of shape "
                                    f"{'x'.join(map(str, self.y_shape))}")
         return read_measurement(os.path.join(self.root, MEASUREMENT_SUBDIR, self.names[index]), self.y_shape,
-                                self.geometry)
+                                self.geometry, image_scale=bool(getattr(self.operator, "y_is_image", True)))
