@@ -174,8 +174,14 @@ class DiffusersPrior(Prior):
     @classmethod
     def image_shape(cls, model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
         """(in_channels, sample_size, sample_size) of the folder's UNet config; a model config
-        that also gives ``image_size`` / ``in_channels`` must agree. Raises ConfigError."""
-        cfg = unet_config(model_cfg.get("model_path"))
+        that also gives ``image_size`` / ``in_channels`` must agree. Without the folder, the
+        config's ``image_size`` / ``in_channels`` (default 3) when given (the shipped example
+        configs, checked before a download), else the missing-folder error. Raises ConfigError."""
+        path = model_cfg.get("model_path")
+        if not (isinstance(path, str) and os.path.isdir(path)) and "image_size" in model_cfg:
+            from .guided import GuidedDiffusionPrior
+            return GuidedDiffusionPrior.image_shape(model_cfg)
+        cfg = unet_config(path)
         shape = (cfg["in_channels"], cfg["sample_size"], cfg["sample_size"])
         for key, value in (("image_size", shape[1]), ("in_channels", shape[0])):
             if key in model_cfg and model_cfg[key] != value:
