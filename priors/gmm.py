@@ -54,8 +54,9 @@ class GMMPrior(Prior):
         self.net = GMMEpsilon(mixture, self.alphas_cumprod)
 
     def eps(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Exact ε̂ of x_t's shape and dtype at original-process indices ``timesteps`` (N,)."""
-        return self.net(x_t, timesteps)
+        """Exact ε̂ of x_t's shape, dtype and device at original-process indices ``timesteps``
+        (N,) (computed on the CPU, where the mixture lives; differentiable across the move)."""
+        return self.net(x_t.cpu(), timesteps.cpu()).to(x_t.device)
 
     # ---- config side -------------------------------------------------------------------------
     @classmethod
