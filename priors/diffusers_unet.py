@@ -135,7 +135,10 @@ class DiffusersPrior(Prior):
         v_prediction:  ε̂ = √ᾱ out + √(1 − ᾱ) x_t      (v = √ᾱ ε − √(1 − ᾱ) x_0)
         sample:        ε̂ = (x_t − √ᾱ out) / √(1 − ᾱ)
 
-    as diffusers' own schedulers convert them (``DDIMScheduler.step``).
+    as diffusers' own schedulers convert them (``DDIMScheduler.step``). With ``clip_denoised``
+    the sampler recomputes ε̂ from the clipped x0_hat (guided-diffusion's convention, as for
+    every kind); diffusers' DDIM with ``clip_sample`` keeps the unclipped ε̂ for the direction
+    term, so the two agree exactly without clipping (tests/test_priors.py).
 
     Args:
         unet: the ``UNet2DModel`` (eval mode, on its device).

@@ -93,7 +93,7 @@ def save_tiny_diffusers(folder: Path, prediction_type: str = "epsilon", size: in
     return folder
 
 
-@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction", "sample"])
 def tiny_folder(request, tmp_path_factory):
     return save_tiny_diffusers(tmp_path_factory.mktemp(f"diffusers_{request.param}"), request.param), request.param
 
@@ -104,6 +104,8 @@ def direct_eps(unet, scheduler, x, t, prediction_type):
     if prediction_type == "epsilon":
         return out
     ab = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    if prediction_type == "sample":
+        return (x - ab ** 0.5 * out) / (1 - ab) ** 0.5
     return ab ** 0.5 * out + (1 - ab) ** 0.5 * x
 
 
@@ -120,7 +122,8 @@ def test_diffusers_eps_equals_diffusers(tiny_folder):
     t = torch.tensor([17, 901])
     with torch.no_grad():
         got, want = prior(x, t), direct_eps(unet, scheduler, x, t, pred)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # x_0-prediction divides by √(1 − ᾱ) (0.07 at t = 17): float32 rounding of ᾱ shows at 1e-5 relative
+    torch.testing.assert_close(got, want, rtol=1e-4 if pred == "sample" else 1e-5, atol=1e-5)
     if pred == "epsilon":
         assert torch.equal(got, want)
 
@@ -146,7 +149,9 @@ def test_diffusers_ddim_step_equals_ddim_scheduler(tiny_folder):
             out = prior.denoise(diffusion, x, tb)
             ours = diffusion.proposal(out, x, tb, torch.zeros_like(x))
             ref = scheduler.step(unet(x, torch.full((2,), timestep)).sample, timestep, x, eta=0.0).prev_sample
-        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+        # x_0-prediction goes through ε̂ and back, x0_hat = (x_t − √(1 − ᾱ) ε̂) / √ᾱ: a float32
+        # cancellation amplified by 1/√ᾱ (≈ 61 at t = 900), so 1e-3 there
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-3 if pred == "sample" else 1e-5)
 
 
 def capture_sample(monkeypatch) -> list:
