@@ -341,17 +341,21 @@ def all_priors(tmp_path_factory):
     return tiny_priors(tmp_path_factory)
 
 
+@pytest.mark.parametrize("sampler_name", ["ddim", "ddpm"])
 @pytest.mark.parametrize("kind", priors.list_priors())
 @pytest.mark.parametrize("method", [cls.names[0] for cls in list_methods()])
-def test_every_method_runs_on_every_prior_kind(kind, method, all_priors):
-    """Each registered method (defaults) × each registered prior kind, 3 DDIM steps on 8 x 8 RGB
-    (dense A, 40 rows): finite samples in the prior's shape, the NFE the method reports."""
+def test_every_method_runs_on_every_prior_kind(kind, method, sampler_name, all_priors):
+    """Each registered method (defaults) × each registered prior kind × DDIM / DDPM, 3 steps on
+    8 x 8 RGB (dense A, 40 rows): finite samples in the prior's shape, at least one NFE a step."""
     if kind not in all_priors:
         pytest.skip(f"kind {kind} needs its optional dependency")
     prior, diffusion_cfg, model_cfg = all_priors[kind]
     if prior is None:
         prior = priors.build_prior(model_cfg, "cpu")
+    diffusion_cfg = {**diffusion_cfg, "sampler": sampler_name,
+                     "timestep_respacing": "ddim3" if sampler_name == "ddim" else "3"}
     sampler = priors.build_sampler(model_cfg or {}, diffusion_cfg)
+    assert sampler.num_timesteps == 3
     physics = Physics(get_operator("dense", rows=40, seed=1), get_noise("gaussian", sigma=0.1))
     physics.draw(None, (2, 3, 8, 8))
     y = physics.A(torch.full((2, 3, 8, 8), 0.2))
