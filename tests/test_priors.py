@@ -253,6 +253,9 @@ def test_diffusers_refusals_are_one_line(tmp_path, monkeypatch, capsys):
     line = one_line_error(run_inproc(diffusers_args(folder, tmp_path) + ["diffusion.steps=500"], tmp_path,
                                      monkeypatch, capsys))
     assert "1000 timesteps" in line
+    line = one_line_error(run_inproc(diffusers_args(folder, tmp_path) + ["model.num_channels=64"], tmp_path,
+                                     monkeypatch, capsys))
+    assert "unknown key(s) ['num_channels'] for kind diffusers" in line and "model_path" in line
 
 
 def test_diffusers_pipeline_layout_and_absent_package(tmp_path, monkeypatch):
