@@ -282,7 +282,7 @@ def test_diffusers_pipeline_layout_and_absent_package(tmp_path, monkeypatch):
 def test_gmm_through_main_equals_benchmarks_gmm(task, method, tmp_path, monkeypatch, capsys):
     """The shipped configs/GMM problem (d = 16, m = 4, σ_y = 0.1, seed 0) restored by main.py in
     measurement mode gives benchmarks.gmm.sample_method's samples of the same method, x_T and
-    noise (images i of seed s = the benchmark's samples i of seed s), at DDIM 20."""
+    noise (images i of seed s = the benchmark's samples i of seed s), at DDIM 20, to the bit."""
     from benchmarks import gmm as bench
     from guided_diffusion.gaussian_diffusion import create_sampler
     from guided_diffusion.gmm import GMMEpsilon
@@ -302,7 +302,7 @@ def test_gmm_through_main_equals_benchmarks_gmm(task, method, tmp_path, monkeypa
     diffusion = create_sampler(**bench.DIFFUSION, sampler="ddim", timestep_respacing="ddim20", eta=1.0)
     x_bench, diverged = bench.sample_method(problem, diffusion, GMMEpsilon.from_schedule(problem.prior), spec, 2, 7)
     assert diverged == [None, None]
-    torch.testing.assert_close(x_main, x_bench, rtol=1e-5, atol=1e-4)
+    assert torch.equal(x_main, x_bench)                      # to the bit
     assert not torch.allclose(x_main[0], x_main[1])          # different noise per image
     fit = (x_main @ torch.from_numpy(problem.A).T - problem.y).norm(dim=1) / (0.1 * 2)   # ‖Ax − y‖ / (σ_y √m)
     assert fit.max() < 3 and problem.y.norm() / (0.1 * 2) > 50    # the samples fit y to within the noise
