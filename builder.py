@@ -28,10 +28,15 @@ def _signature_keys(fn, exclude: tuple[str, ...] = ()) -> list[str]:
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude)
 
 
-def model_config_keys() -> list[str]:
-    """Keys a model config may hold (the keyword parameters of ``create_model``, ``channels_last``
-    included)."""
-    return _signature_keys(create_model, exclude=("device",))
+def model_config_keys(model_cfg: Mapping[str, Any] | None = None, all_kinds: bool = False) -> list[str]:
+    """Keys a model config of ``model_cfg``'s ``kind`` may hold (``priors``; the default kind
+    guided_diffusion: the keyword parameters of ``create_model``, ``channels_last`` included, and
+    ``kind``); ``all_kinds``: the keys of every kind (for command-line overrides, which may
+    change the kind)."""
+    import priors
+    if all_kinds:
+        return sorted({k for kind in priors.list_priors() for k in priors.config_keys({"kind": kind})})
+    return priors.config_keys(model_cfg)
 
 
 def diffusion_config_keys() -> list[str]:
@@ -40,13 +45,11 @@ def diffusion_config_keys() -> list[str]:
 
 
 def image_shape(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(C, H, W) of the model's images from a model config (``in_channels`` defaults to 3).
-    Raises ConfigError when image_size / in_channels are missing or not positive integers."""
-    size, channels = model_cfg.get("image_size"), model_cfg.get("in_channels", 3)
-    for key, value in (("image_size", size), ("in_channels", channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"model config: {key} must be a positive integer, got {value!r}")
-    return channels, size, size
+    """(C, H, W) of the prior's x_t from a model config (``priors.image_shape``; guided-diffusion:
+    ``in_channels`` (default 3), ``image_size``). Raises ConfigError when image_size /
+    in_channels are missing or not positive integers."""
+    import priors
+    return priors.image_shape(model_cfg)
 
 
 #: Types of the model-config keys: "posint" (an integer > 0), "heads" (an integer > 0, or -1 for
@@ -242,9 +245,15 @@ def build_solver(conditioning: Mapping[str, Any], physics: Any = None) -> Any:
     return solver
 
 
-def build_sampler(diffusion_cfg: Mapping[str, Any]) -> Any:
-    """``create_sampler(**diffusion_cfg)``; raises ValueError for unknown keys or values."""
-    return create_sampler(**dict(diffusion_cfg))
+def build_sampler(diffusion_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> Any:
+    """``create_sampler(**diffusion_cfg)`` on the schedule of the prior of ``model_cfg``
+    (``priors.build_sampler``: a diffusers checkpoint's or the Gaussian mixture's own β; the
+    default guided_diffusion takes the diffusion config's). Raises ValueError for unknown keys
+    or values."""
+    if model_cfg is None:
+        return create_sampler(**dict(diffusion_cfg))
+    import priors
+    return priors.build_sampler(model_cfg, diffusion_cfg)
 
 
 def build_dataset(data: Mapping[str, Any], shape: tuple[int, int, int]) -> ImageDataset:
@@ -285,14 +294,19 @@ def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.
     check_task_layout(task)
     check_config_types(configs["model"], MODEL_KEY_TYPES, "model config")
     check_config_types(configs["diffusion"], DIFFUSION_KEY_TYPES, "diffusion config")
-    check_servable(configs["model"], configs["diffusion"])
+    from priors import DEFAULT_KIND, prior_class
+    prior_cls = prior_class(configs["model"])
+    if prior_cls.kind == DEFAULT_KIND:
+        check_servable(configs["model"], configs["diffusion"])
+    else:   # the kind's own checks (its folder, its schedule against the diffusion config)
+        prior_cls.check_config(configs["model"], configs["diffusion"])
     shape = image_shape(configs["model"])
     check_speed_settings(configs["model"])
     from guided_diffusion.respace import grid_respacing
     diffusion = dict(configs["diffusion"])     # the method's time grid (idempotent: main.py applied it already)
     diffusion["timestep_respacing"] = grid_respacing(diffusion.get("timestep_respacing", ""),
                                                      task["conditioning"].get("time_grid"))
-    sampler = build_sampler(diffusion)
+    sampler = build_sampler(diffusion, configs["model"])
     physics = build_physics(task["measurement"], device)
     try:
         solver = build_solver(task["conditioning"])
@@ -342,9 +356,15 @@ def resolved_config(configs: Mapping[str, Mapping[str, Any]], problem: Problem,
     "params": every parameter of the solver class as the instance holds it}, "operator": the
     operator's constructor arguments with ``name``, "noise": the noise model's with ``name`` and
     the σ used (on [-1, 1]), "data": the data section with the image size and channels}."""
-    model = _with_defaults(create_model, configs["model"])
-    model.pop("unused", None)
-    model["channels_last_used"] = resolve_channels_last(model.get("channels_last", "auto"), device)
+    from priors import DEFAULT_KIND, prior_class
+    prior_cls = prior_class(configs["model"])
+    if prior_cls.kind == DEFAULT_KIND:
+        model = _with_defaults(create_model, configs["model"])
+        model.pop("unused", None)
+        model["kind"] = DEFAULT_KIND
+        model["channels_last_used"] = resolve_channels_last(model.get("channels_last", "auto"), device)
+    else:
+        model = prior_cls.resolved(configs["model"])
     diffusion = _with_defaults(create_sampler, configs["diffusion"])
     if diffusion.get("sampler") != "ddim":
         diffusion.pop("eta", None)
@@ -363,6 +383,14 @@ def resolved_config(configs: Mapping[str, Mapping[str, Any]], problem: Problem,
     return {"model": model, "diffusion": diffusion,
             "solver": {"method": configs["task"]["conditioning"]["method"], "params": params},
             "operator": operator, "noise": noise, "data": data}
+
+
+def build_prior(model_cfg: Mapping[str, Any], device: str | torch.device) -> Any:
+    """The run's ``priors.Prior`` of ``model_cfg`` (``kind`` chooses it; guided_diffusion: the
+    UNet of :func:`build_model`, bit-identical). Raises FileNotFoundError for a missing
+    checkpoint (saying where it is published), ConfigError / ValueError for bad keys."""
+    import priors
+    return priors.build_prior(model_cfg, device)
 
 
 def build_model(model_cfg: Mapping[str, Any], device: str | torch.device) -> torch.nn.Module:

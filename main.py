@@ -167,7 +167,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
                "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
                "task": load_yaml(args.task_config, "task config")}
     configs, applied = apply_overrides(configs, args.overrides,
-                                       {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
+                                       {"model": model_config_keys(all_kinds=True), "diffusion": diffusion_config_keys()})
     # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
     task_overrides = [k for k in applied if k.startswith("task.")]
     check_task_layout(configs["task"], args.task_config + (f" (with command-line override {', '.join(task_overrides)})"
@@ -179,9 +179,13 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
                                   keep=overridden_params(applied))   # logs the values it applies
     from util.metrics import metrics_options
     metrics_options(configs["task"].get("metrics"), args.task_config)   # a bad metrics.lpips_net fails now
-    unknown = sorted(set(configs["model"]) - set(model_config_keys()))
+    from priors import prior_class
+    valid = model_config_keys(configs["model"])
+    unknown = sorted(set(configs["model"]) - set(valid))
     if unknown:
-        raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
+        kind = prior_class(configs["model"]).kind
+        raise BadInput(f"model config: unknown key(s) {unknown}{'' if kind == 'guided_diffusion' else ' for kind ' + kind}; "
+                       f"valid keys: {', '.join(valid)}")
     device = resolve_device(args.device, args.gpu, local_rank)
     resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
     cond = [k for k in task_overrides if k.startswith("task.conditioning.")]   # named in a bad method's error
@@ -245,7 +249,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
     try:
         configs, applied, device, problem = setup(args, ctx.local_rank if ctx.enabled else None)
         import torch
-        from builder import build_model, resolved_config, warn_random_weights
+        from builder import build_prior, resolved_config, warn_random_weights
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric, metrics_options
         from util.layout import run_dir
@@ -267,8 +271,8 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
             check_compatible(out_dir, {"configs": info["configs"], "seed": args.seed, "metric_norm": args.metric_norm,
                                        "measurement_dir": measured})
         torch.manual_seed(args.seed)   # random-weight models (model_path "") are reproducible too
-        model = build_model(configs["model"], device)
-        if ctx.is_main:
+        model = build_prior(configs["model"], device)   # a priors.Prior (model.kind)
+        if ctx.is_main and getattr(model, "kind", "") == "guided_diffusion":
             warn_random_weights(configs["model"])
     except KeyboardInterrupt as exc:   # Ctrl-C (130) or SIGTERM (143)
         print("interrupted" if exit_status(exc) == EXIT_INTERRUPTED else "terminated (SIGTERM)", file=sys.stderr)

@@ -12,7 +12,7 @@
 # repository. The exit status is main.py's (2: bad input such as a missing checkpoint or data folder).
 set -u
 
-dataset="${dataset:-MNIST}"                      # MNIST, FFHQ or IMAGENET
+dataset="${dataset:-MNIST}"                      # MNIST, FFHQ, IMAGENET, CELEBAHQ (diffusers) or GMM
 sampling_type="${sampling_type:-DDIM}"           # DDIM (CoDPS+) or DDPM (CoDPS; dps_* configs: DPS)
 task_config="${task_config:-motion_deblur_config}"  # any <task>_config.yaml of configs/<dataset>/<sampling_type>/
 if [ -n "${save_dir:-}" ]; then save_dir_given=1; else save_dir_given=""; fi

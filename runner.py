@@ -542,7 +542,8 @@ class Runner:
         names = [image_name(i) for i in indices]
         x, y = self._measurement(indices, images)
         generators = torch_generators(self.opt.seed, indices, STREAM_SAMPLER)
-        x_T = randn(self.dataset.image_shape if self.measured else x.shape[1:], generators, device=self.device)
+        x_T = randn(getattr(self.model, "shape", None) or (self.dataset.image_shape if self.measured else x.shape[1:]),
+                    generators, device=self.device)   # in the prior's shape (a priors.Prior has one)
         frames: dict[str, list] = {}
         self._sync()
         start = time.perf_counter()

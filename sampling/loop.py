@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from priors.base import as_prior
 from util.seeding import randn
 from .step import NFECounter, Step
 
@@ -33,9 +34,12 @@ def sample(model: Callable, diffusion: Any, x_T: torch.Tensor, y: Optional[torch
     """Run the reverse process t = T-1 .. 0 with ``method`` correcting every step.
 
     Args:
-        model: ε-network ``model(x (N,C,H,W), timesteps (N,))``.
-        diffusion: a DDPM / DDIM sampler (``guided_diffusion.gaussian_diffusion``).
-        x_T: (N, C, H, W) initial noise.
+        model: the prior (``priors.Prior``: ε̂ and x0_hat at (x_t, t), :meth:`Prior.denoise`), or a
+            bare ε-network ``model(x (N,C,H,W), timesteps (N,))`` (wrapped as
+            ``priors.CallablePrior``, bit-identical to calling it).
+        diffusion: a DDPM / DDIM sampler (``guided_diffusion.gaussian_diffusion``) on the prior's
+            schedule (``priors.build_sampler``).
+        x_T: (N, C, H, W) initial noise in the prior's shape (``Prior.draw_x_T``).
         y: the measurement (``physics.measure``'s output) or None (unconditional).
         method: a ``solvers.Solver``; ``needs_grad = True`` gets x_t with requires_grad and the
             graph to x0_hat / ε̂, the others run under ``torch.inference_mode()``.
@@ -50,6 +54,7 @@ def sample(model: Callable, diffusion: Any, x_T: torch.Tensor, y: Optional[torch
     if len(generators) != n:
         raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {n}")
     method.check(physics)
+    prior = as_prior(model, x_T.shape[1:])
     needs_grad, nfe = bool(method.needs_grad), NFECounter()
     diverged, alive = [None] * n, torch.ones(n, dtype=torch.bool, device=x_T.device)
     x = x_T.detach().float()
@@ -60,14 +65,14 @@ def sample(model: Callable, diffusion: Any, x_T: torch.Tensor, y: Optional[torch
             tb = torch.full((n,), t, device=x.device, dtype=torch.long)
             noise = randn(x.shape[1:], generators, device=x.device) if t > 0 else torch.zeros_like(x)
             x_t = x.detach().requires_grad_(True) if needs_grad else x
-            out = diffusion.p_mean_variance(model, x_t, tb)
+            out = prior.denoise(diffusion, x_t, tb)
             nfe.add(1)
             plain = {k: v.detach() for k, v in out.items()}
             step = Step(i=i, t=t, t_prev=t - 1, x_t=x_t, alpha_bar=diffusion.alpha_bar(tb),
-                        alpha_bar_prev=diffusion.alpha_bar_prev(tb), eps=out["eps"], x0_hat=out["pred_xstart"],
+                        alpha_bar_prev=diffusion.alpha_bar_prev(tb), eps=out["eps"], x0_hat=out["x0_hat"],
                         proposal=diffusion.proposal(plain, x, tb, noise), noise=noise, eta=diffusion.eta,
                         sigma_t=diffusion.proposal_std(plain, tb), diffusion=diffusion, generators=generators,
-                        model=model, nfe=nfe)
+                        model=prior, nfe=nfe)
             x = method.step(step, y, physics).detach()
             finite = torch.isfinite(x.reshape(n, -1)).all(dim=1)
             for k in torch.nonzero(alive & ~finite).flatten().tolist():

@@ -32,7 +32,8 @@ class Step:
 
     Attributes:
         i: 0-based count of the step (0 at the first, T-1 at the last).
-        t: respaced index of this step (int, counts down T-1 .. 0); shared by the batch.
+        t: respaced index of this step (int, counts down T-1 .. 0); shared by the batch. The
+            prior sees its own timestep value ``diffusion.timestep_map[t]``.
         t_prev: respaced index of the next step, t - 1 (-1 after the last step).
         x_t: (N, C, H, W) current sample. Requires grad (and x0_hat / eps carry the graph
             through the network) only for methods with ``needs_grad = True``.
@@ -54,6 +55,8 @@ class Step:
         diffusion: the sampler (``guided_diffusion.gaussian_diffusion.GaussianDiffusion``):
             schedules (``alphas_cumprod``, ``betas``, ``num_timesteps``) for methods that anneal
             differently.
+        model: the prior (``priors.Prior``; a bare ε-network ``model(x, timesteps)`` in a Step
+            built by hand): :meth:`denoise` calls it.
         generators: the N per-image CPU ``torch.Generator`` of the sampler noise; a method that
             needs more randomness draws it with :meth:`randn` (same seed, same result whatever
             the batch).
@@ -118,10 +121,11 @@ class Step:
         ``needs_grad``). Raises ValueError when the step has no model."""
         if self.model is None or self.diffusion is None:
             raise ValueError("this Step has no model/diffusion for denoise (built outside sampling.sample)")
+        from priors.base import as_prior
         tb = t if isinstance(t, torch.Tensor) else self.t_batch(t)
-        out = self.diffusion.p_mean_variance(self.model, x, tb)
+        out = as_prior(self.model, x.shape[1:]).denoise(self.diffusion, x, tb)
         self.nfe.add(1)
-        return out["pred_xstart"], out["eps"]
+        return out["x0_hat"], out["eps"]
 
     def randn(self, shape: Optional[Sequence[int]] = None) -> torch.Tensor:
         """(N, *shape) standard normals (default shape: x_t's (C, H, W)), image n's from
