@@ -91,13 +91,16 @@ def alpha_bar_original() -> torch.Tensor:
     return torch.from_numpy(diffusion("").alphas_cumprod.copy())
 
 
-def physics(family: str, shape: Sequence[int], sigma: float = 0.05, seed: int = 5) -> Physics:
+def physics(family: str, shape: Sequence[int], sigma: float = 0.05, seed: int = 5,
+            indices: Sequence[int] | None = None) -> Physics:
     """One operator of ``family`` (:data:`FAMILIES`) drawn for images of ``shape`` (random mask:
-    seeded per image), with Gaussian noise σ_n = ``sigma`` (None, i.e. clean, for 0)."""
+    seeded per image; ``indices``: the images' indices, default 0 … N−1, so that image k alone is
+    ``indices=[k]`` with N = 1), with Gaussian noise σ_n = ``sigma`` (None, i.e. clean, for 0)."""
     name, kwargs = FAMILIES[family]
     op = get_operator(name, **kwargs)
     phys = Physics(op, get_noise("gaussian", sigma=sigma) if sigma > 0 else None)
-    phys.draw(numpy_rngs(seed, list(range(shape[0])), STREAM_OPERATOR), tuple(shape))
+    idx = list(range(shape[0])) if indices is None else list(indices)
+    phys.draw(numpy_rngs(seed, idx, STREAM_OPERATOR), tuple(shape))
     return phys
 
 
