@@ -30,6 +30,8 @@ FAMILIES = {
     "sr": ("super_resolution", dict(scale_factor=2, degradation="bicubic")),
     "inpainting": ("inpainting", dict(mask_type="random", mask_prob_range=(0.5, 0.6))),
 }
+#: Operators used by one method's check only (not in :data:`FAMILIES`' loops).
+EXTRA_FAMILIES = {"sr_avgpool": ("super_resolution", dict(scale_factor=2, degradation="avg_pool"))}
 #: The networks: "tiny" (a random 16x16 ADM UNet) and "mnist" (the embedded prior, 32x32).
 SHAPES = {"tiny": (2, 1, 16, 16), "mnist": (2, 1, 32, 32)}
 #: Respaced grid of the one-step cases (the original timesteps 0, 50, ..., 950) and the indices
@@ -96,7 +98,7 @@ def physics(family: str, shape: Sequence[int], sigma: float = 0.05, seed: int = 
     """One operator of ``family`` (:data:`FAMILIES`) drawn for images of ``shape`` (random mask:
     seeded per image; ``indices``: the images' indices, default 0 … N−1, so that image k alone is
     ``indices=[k]`` with N = 1), with Gaussian noise σ_n = ``sigma`` (None, i.e. clean, for 0)."""
-    name, kwargs = FAMILIES[family]
+    name, kwargs = FAMILIES[family] if family in FAMILIES else EXTRA_FAMILIES[family]
     op = get_operator(name, **kwargs)
     phys = Physics(op, get_noise("gaussian", sigma=sigma) if sigma > 0 else None)
     idx = list(range(shape[0])) if indices is None else list(indices)
