@@ -62,6 +62,10 @@ class Dense(LinearOperator):
         [[1.0, 2.0], [1.0, 2.0]]
     """
 
+    #: y is a vector of m projections (N, m, 1, 1), not pixels: measurement mode reads it from .npy
+    #: only and does not hold it to the [-1, 1] image scale (its entries reach ~10 on a d = 16 mixture).
+    y_is_image = False
+
     def __init__(self, matrix: Any = None, rows: int = 8, seed: int = 0, normalize_rows: bool = True,
                  input_shape: Sequence[int] | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(device)

@@ -38,8 +38,9 @@ class DAPS(Solver):
        paper's choice r_t = σ_t, eq. 8 and §3.3; ``inv_var`` = λ > 0 uses r_t² = 1/(1/σ_t² + λ)):
        - ``langevin: true`` (the paper, eq. 9): K = ``langevin_steps`` steps from x0_hat,
              x ← x + η_t [Aᵀ(y − A x)/τ² − (x − x0_hat)/r_t²] + √(2 η_t) ξ,
-         η_t = lr · (1 + (i/T)(lr_min_ratio − 1)) (the reference code's linear decay over the
-         annealing, i the step count, T the number of levels), or ``lr: auto``:
+         η_t = lr · (1 + (i/(T+1))(lr_min_ratio − 1)) (the reference code's linear decay over
+         the annealing, i the step count, T the number of levels: its ratio is step / num_steps
+         of a scheduler that has T + 1 points; until 2026-12-08 this was i/T), or ``lr: auto``:
          η_t = ½ / (s_max²/τ² + 1/r_t²), half the stability limit of this quadratic potential
          (s_max the largest singular value of A from ``physics.spectral``, else the operator's
          bound ``physics.jacobian_norm`` on ||J_A||, else 1). Only A and its VJP are used
@@ -63,6 +64,18 @@ class DAPS(Solver):
         inv_var (float >= 0, default 0): λ of r_t² = 1/(ᾱ/(1−ᾱ) + λ), CoDPS's posterior variance
             of an x_0 ~ N(x0_hat, λ⁻¹ I) model (not in the paper); 0 gives the paper's r_t² = σ_t²,
             which exceeds the prior's own variance at high noise (x_0 over-dispersed there).
+        reference_tau (bool, default false): read a numeric ``tau`` as the reference code's,
+            whose data term is the gradient of ||A x − y||²/τ² (no ½): the likelihood std is
+            then τ/√2. False: τ is the std of N(y; A x, τ² I), the paper's eq. 9.
+
+    Checked against the reference code (zhangbingliang2019/DAPS @ 098df6b, ``sampler.DAPS`` with
+    its Langevin MCMC; tests/test_ref_daps.py, 1e-5) with ``ode_steps: 1``. Deliberate
+    differences: τ's convention (``reference_tau``); x0_hat is clipped when the diffusion config
+    clips (ours: ``clip_denoised: true``; the reference's VPPrecond does not; the test runs
+    unclipped); the levels are the sampler's respaced grid (the reference: 200 EDM poly-7 levels
+    σ = 100 … 0.1 on a continuous VP network time (M−1)·t(σ)); ``ode_steps`` > 1 takes DDIM steps
+    on that grid (Euler steps in σ, as the reference's PF-ODE, but on other points: the
+    reference takes 5 poly-7 steps down to σ = 0.01); τ is floored at 1e-3 (the reference: none).
 
     Reads ``step.x0_hat``, ``step.eps``, ``step.x_t`` (ode_steps > 1), ``step.alpha_bar``,
     ``step.alpha_bar_prev``, ``step.noise``, ``step.i``; draws ``step.randn``; sets
@@ -91,6 +104,8 @@ class DAPS(Solver):
         "lr_min_ratio": Param(0.01, "positive", "final / initial Langevin step size (linear decay)"),
         "tau": Param("auto", "nonneg_or_auto", "τ, noise std of the likelihood, or 'auto' = σ_n"),
         "inv_var": Param(0.0, "nonneg", "λ: r_t² = 1/(ᾱ/(1−ᾱ) + λ) (0 = the paper's r_t = σ_t)"),
+        "reference_tau": Param(False, "bool", "a numeric tau is the reference code's: likelihood std τ/√2 "
+                               "(its data term is ∇||Ax − y||²/τ²)"),
     }
 
     def __init__(self, **params: Any) -> None:
@@ -110,8 +125,11 @@ class DAPS(Solver):
                              f"operator; {physics.name!r} is nonlinear: use langevin: true")
 
     def tau_value(self, physics: Any) -> float:
-        """τ: the parameter, or max(σ_n, 1e-3) for ``auto``."""
-        return max(physics.sigma_n, TAU_FLOOR) if self.tau == "auto" else float(self.tau)
+        """τ, the likelihood std: the parameter (/√2 with ``reference_tau``), or max(σ_n, 1e-3)
+        for ``auto``."""
+        if self.tau == "auto":
+            return max(physics.sigma_n, TAU_FLOOR)
+        return float(self.tau) / math.sqrt(2.0) if self.reference_tau else float(self.tau)
 
     def ode_x0(self, step: Any) -> torch.Tensor:
         """x0_hat by ``ode_steps`` DDIM (η = 0) steps from x_t to 0 (the first is the loop's call)."""
@@ -136,7 +154,7 @@ class DAPS(Solver):
             smax2 = float(view.singulars.max()) ** 2 if view is not None else (physics.jacobian_norm or 1.0) ** 2
             return 0.5 / (smax2 / tau2 + 1.0 / r2)
         total = step.diffusion.num_timesteps if step.diffusion is not None else 1
-        ratio = step.i / total
+        ratio = step.i / (total + 1)      # the reference's step / (levels + 1) (its scheduler's num_steps)
         return torch.full_like(r2, self.lr * (1.0 + ratio * (self.lr_min_ratio - 1.0)))
 
     def langevin_draw(self, step: Any, x0_hat: torch.Tensor, y: torch.Tensor, physics: Any, r2: torch.Tensor,

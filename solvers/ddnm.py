@@ -51,6 +51,11 @@ class DDNM(DDRM):
         sv_zero (float >= 0 or "auto", default "auto" = σ_n / 2): singular values s_i <= sv_zero are
             treated as 0 (null space: x0_hat kept, y ignored there), as DDRM's ``sv_zero``.
 
+    Checked against the reference code (wyhuai/DDNM ``ddnm_plus_diffusion`` @ 00b58ea with its
+    ``Inpainting`` operator; tests/test_ref_ddnm.py, 1e-5, ``sv_zero: 0``, unclipped x0_hat).
+    Its ``SuperResolution`` / ``Deblurring`` operators scale ε̂ in pixel coordinates inside
+    ``Lambda_noise`` (no Vᵀ); ours takes Vᵀ ε̂ as eq. 51 (the same for inpainting).
+
     Needs ``physics.spectral`` and a Gaussian σ_n >= 0; ``check`` refuses otherwise (both, and
     η ≤ 1, inherited from :class:`DDRM`, whose update this is with η_b = 1 when σ_n > 0).
     """

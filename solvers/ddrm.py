@@ -17,7 +17,14 @@ from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, 
 class DDRM(Solver):
     """DDRM step (Kawar et al. 2022, §4.2, the variational conditionals of eqs. 7–8 (numbering of
     arXiv:2201.11793v3 as we read it; the formulas follow the reference code), in the
-    "efficient" form of the reference code that keeps the sampler's x_T).
+    "efficient" form of the reference code, started from the sampler's x_T).
+
+    Checked against the reference code (bahjat-kawar/ddrm ``efficient_generalized_steps`` @
+    32b6b3c; tests/test_ref_ddrm.py, 1e-5, with ``sv_zero: 0`` and unclipped x0_hat). Deliberate
+    differences: the reference starts from an x_T built from y (its p(x_T | x_0, y)), ours from the
+    sampler's x_T; x0_hat is clipped when the diffusion config clips; small singular values are
+    null space below ``sv_zero`` here, zeroed at 3e-2 but kept as measured there; at σ_y = 0 the
+    last step takes ȳ here, x̄_θ there (its strict inequalities).
 
     DDRM works in the variance-exploding view of the VP process: x̃_t = x_t / √ᾱ_t = x_0 + σ_t ε
     with σ_t = √(1 − ᾱ_t) / √ᾱ_t, so the same formulas hold at any respacing (σ_{t-1} from

@@ -23,12 +23,25 @@ class PiGDM(Solver):
     with the covariance held constant), and w_t is the sampler's weight that turns a likelihood
     score into the conditional-score proposal (``step.weight``: β_t/√α_t for DDPM, the DDIM
     weight for DDIM; derivation in :mod:`solvers.codps`): ζ = 1 is the same as replacing the
-    network's ε̂ by ε̂ − √(1 − ᾱ_t) g, ΠGDM's guided score, on either sampler. (The authors'
-    public implementation, NVlabs/RED-diff ``algos/pgdm.py``, scales the same direction by an
-    extra ᾱ_t in the noiseless case; that corresponds to ζ = ᾱ_t here.)
+    network's ε̂ by ε̂ − √(1 − ᾱ_t) g, ΠGDM's guided score, on either sampler.
+
+    The authors' public implementation (NVlabs/RED-diff ``algos/pgdm.py`` @ 66482f2, noiseless:
+    it uses A⁺ and ignores σ_y) weights the guidance differently. With its default ``awd: true``
+    it adds ``grad_term_weight`` · √ᾱ_{t-1} √ᾱ_t · Jᵀ A⁺(y − A x0_hat) to the DDIM proposal;
+    ``reference_weight: true`` does that (ζ = ``grad_term_weight``), with the noisy ΠGDM solve
+    in place of A⁺ (at σ_y = 0 the two are equal: r_t² Aᵀ(r_t² A Aᵀ)⁻¹ = A⁺):
+
+        x_{t-1} = x' + ζ · √ᾱ_{t-1} √ᾱ_t · r_t² · g                      (``reference_weight``)
+
+    Its ``awd: false`` branch is this class's default form times ᾱ_t at σ_y = 0 (ζ = ᾱ_t here).
+    Checked against that code on identical inputs (tests/test_ref_pigdm.py, 1e-5): the reference
+    does not clip x0_hat (our diffusion configs' ``clip_denoised: true`` does; the test sets it
+    false) and starts from √ᾱ_T A⁺y + √(1−ᾱ_T) z, where ours starts from z (ᾱ_T ≈ 4e-5).
 
     Parameters:
         scale (float >= 0, default 1.0): the guidance weight ζ.
+        reference_weight (bool, default false): the reference code's weight √ᾱ_{t-1} √ᾱ_t r_t²
+            in place of w_t (above); false is ΠGDM's guided score with the sampler's weight.
 
     Reads ``step.x_t`` (requires grad), ``step.x0_hat`` (with the graph: ``needs_grad = True``),
     ``step.alpha_bar``, ``step.weight`` and ``step.proposal``; works on images (any operator,
@@ -42,7 +55,9 @@ class PiGDM(Solver):
 
     needs_grad = True
     needs_linear = False       # a nonlinear A is linearised at x0_hat (physics.linearize)
-    params = {"scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)")}
+    params = {"scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)"),
+              "reference_weight": Param(False, "bool", "weight √ᾱ_{t-1}√ᾱ_t r_t² of NVlabs/RED-diff algos/pgdm.py "
+                                        "(awd) in place of the sampler's w_t")}
 
     def check(self, physics: Any) -> None:
         """Needs a physics whose noise model has a real σ_y >= 0."""
@@ -72,7 +87,12 @@ class PiGDM(Solver):
         x_prev = step.proposal
         dtype = compute_dtype(x_prev)
         xp = x_prev.detach().to(dtype)
-        w = per_sample(step.weight.to(device=xp.device, dtype=dtype), xp)
+        if getattr(self, "reference_weight", False):     # subclasses (TMPD) without the parameter: False
+            a, a_prev = (step.alpha_bar.to(device=xp.device, dtype=dtype),
+                         step.alpha_bar_prev.to(device=xp.device, dtype=dtype))
+            w = per_sample(a_prev.sqrt() * a.sqrt() * (1.0 - a), xp)
+        else:
+            w = per_sample(step.weight.to(device=xp.device, dtype=dtype), xp)
         g, residual = self.guidance(step.x_t, step.x0_hat, y, step.alpha_bar, physics)
         step.residual = residual.detach()
         x_next = xp + self.scale * w * g.to(dtype)

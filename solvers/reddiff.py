@@ -42,6 +42,23 @@ class REDDiff(Solver):
     regularises the pseudo-inverse of ill-conditioned blurs) and ε := (x_T − √ᾱ_T μ_0)/√(1−ᾱ_T).
     The last step returns μ (ᾱ_{-1} = 1).
 
+    Checked against the reference code (NVlabs/RED-diff ``algos/reddiff.py`` @ 66482f2, run on
+    identical inputs: tests/test_ref_reddiff.py, 1e-5). Deliberate
+    differences, each with the reference's value available:
+    - the output: the reference's ``main.py`` saves ``x0_pred``, i.e. μ *before* the last Adam
+      step; ours returns μ after it (Algorithm 1 returns the optimised μ).
+      ``reference_output: true`` returns the reference's.
+    - the start: μ_0 = Aᵀ(σ_n² I + A Aᵀ)⁻¹ y here, A⁺ y there (``regularised_init: false``; the
+      same at σ_n = 0).
+    - the loss: the reference averages over the whole batch (so its Adam step, through Adam's
+      ε = 1e-8, depends slightly on the batch size); ours averages per image (results do not depend
+      on the batch). The test runs the reference one image at a time.
+    - ε̂: ours is the loop's ``step.eps``, recomputed from the clipped x0_hat when the diffusion
+      config clips (``clip_denoised: true``, our MNIST configs); the reference uses the network's
+      raw ε̂ (the test runs unclipped).
+    - x_T: ours is the loop's N(0, I) draw with ε defined from it (above); the reference draws
+      ε ~ N(0, I) for x_T = √ᾱ_T μ_0 + √(1−ᾱ_T) ε (ᾱ_T ≈ 4e-5: the two differ by 0.006 μ_0).
+
     RED-diff is an optimiser, not a sampler: on a multi-modal posterior μ settles in one mode
     (chosen by the noise) and the spread around it is lost.
 
@@ -51,6 +68,10 @@ class REDDiff(Solver):
         obs_weight (float >= 0, default 1.0): v (``obs_weight``).
         snr_power (float >= 0, default 1.0): p of the weight ((1−ᾱ)/ᾱ)^(p/2)
             (``denoise_term_weight``: linear = 1).
+        reference_output (bool, default false): return μ before the last Adam step (the
+            reference code's saved output) instead of after it.
+        regularised_init (bool, default true): μ_0 = Aᵀ(σ_n² I + A Aᵀ)⁻¹ y; false: A⁺ y (the
+            reference's ``H_pinv(y)``; computed as Aᵀ(A Aᵀ)⁻¹ y).
 
     Reads ``step.i``, ``step.x_t`` (i = 0), ``step.eps``, ``step.alpha_bar``,
     ``step.alpha_bar_prev``; draws ``step.randn()``; sets ``step.residual`` (||y − A μ||).
@@ -67,6 +88,8 @@ class REDDiff(Solver):
         "grad_term_weight": Param(0.25, "nonneg", "λ, weight of the denoising regulariser"),
         "obs_weight": Param(1.0, "nonneg", "v, weight of the data term"),
         "snr_power": Param(1.0, "nonneg", "p: regulariser weight λ·((1−ᾱ)/ᾱ)^(p/2) (1 = the paper's linear 1/SNR)"),
+        "reference_output": Param(False, "bool", "return μ before the last Adam step (NVlabs/RED-diff's saved output)"),
+        "regularised_init": Param(True, "bool", "μ_0 = Aᵀ(σ_n² I + AAᵀ)⁻¹ y (false: A⁺ y, the reference's)"),
     }
 
     def __init__(self, **params: Any) -> None:
@@ -78,10 +101,14 @@ class REDDiff(Solver):
         self._state = None
 
     def init_mu(self, y: torch.Tensor, physics: Any, dtype: torch.dtype) -> torch.Tensor:
-        """μ_0 = Aᵀ (σ_n² I + A Aᵀ)⁻¹ y for a linear A, else the operator's rough inverse (the
-        reference code's ``H_pinv``: ``physics.pinv_init``), (N, C, H, W)."""
+        """μ_0 = Aᵀ (σ_n² I + A Aᵀ)⁻¹ y for a linear A (σ_n² → 0 with ``regularised_init: false``),
+        else the operator's rough inverse (the reference code's ``H_pinv``: ``physics.pinv_init``),
+        (N, C, H, W)."""
         y = y.detach().to(dtype)
-        return physics.pinv_init(y).to(dtype)
+        if not getattr(physics, "is_linear", True):
+            return physics.pinv_init(y).to(dtype)
+        sigma2 = physics.sigma_n ** 2 if self.regularised_init else 0.0
+        return physics.A_T(physics.cov_solve(y, 1.0, sigma2)).to(dtype)
 
     def weight(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         """λ_t = λ ((1−ᾱ)/ᾱ)^(p/2), same shape as ``alpha_bar``."""
@@ -116,6 +143,7 @@ class REDDiff(Solver):
             grad, residual = self.gradient(mu, step.eps.detach().to(dtype).clone(), state["eps"],
                                            y.detach().clone(), step.alpha_bar.detach().clone(), physics)
             mu.grad = grad
+            mu_before = mu.detach().clone() if (self.reference_output and step.t_prev < 0) else None
             opt.step()
             mu.grad = None
             step.residual = residual
@@ -123,6 +151,8 @@ class REDDiff(Solver):
             eps_new = step.randn().to(dtype).clone() if step.t_prev >= 0 else torch.zeros_like(mu)
             state["eps"] = eps_new
             x_prev = a_prev.sqrt() * mu + (1.0 - a_prev).clamp(min=0).sqrt() * eps_new
+            if mu_before is not None:
+                x_prev = mu_before
             if step.t_prev < 0:
                 self._state = None
             out = x_prev.to(step.proposal.dtype)
