@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dist_timeout", type=float, default=None,
                         help="under torchrun: seconds a process waits for the others at start-up before giving "
                              "up (default 1800)")
+    parser.add_argument("--method", default=None, metavar="NAME",
+                        help="run this method on the task (= task.conditioning.method=NAME): its values for this "
+                             "task and step budget come from configs/<dataset>/methods/<method>.yaml (docs/cli.md)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of torch (default: OMP_NUM_THREADS if set, else the idle cores, at "
+                             "least 1: util/threads.py); recorded in summary.json")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -150,40 +156,52 @@ def _json_normalized(obj):
 
 
 def setup(args: argparse.Namespace, local_rank: int | None = None):
-    """Load and check everything from the arguments; returns (configs, applied overrides,
-    device, problem). ``local_rank``: this process's GPU index under torchrun (None: one
-    process). Raises BadInput (or the config / data / component errors) on bad input."""
-    from builder import build_problem, diffusion_config_keys, model_config_keys
-    from guided_diffusion.respace import grid_respacing
+    """Load and check everything from the arguments; returns (configs as resolved, applied
+    overrides, device, problem); ``problem.spec`` is the run's :class:`builder.RunSpec`.
+    ``local_rank``: this process's GPU index under torchrun (None: one process). Raises BadInput
+    (or the config / data / component errors) on bad input."""
+    from builder import build_problem, build_spec, diffusion_config_keys, model_config_keys
     from guided_diffusion.unet import resolve_channels_last
-    from util.config import apply_overrides, apply_tuned, check_task_layout, load_yaml, overridden_params
-    for flag in ("batch_size", "num_images"):
-        value = getattr(args, flag)
+    from util.config import apply_overrides, load_yaml
+    for flag in ("batch_size", "num_images", "threads"):
+        value = getattr(args, flag, None)
         if value is not None and value <= 0:
             raise BadInput(f"--{flag} must be a positive integer, got {value}")
     configs = {"model": load_yaml(args.model_config, "model config"),
                "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
                "task": load_yaml(args.task_config, "task config")}
-    configs, applied = apply_overrides(configs, args.overrides,
+    original_method = (configs["task"].get("conditioning") or {}).get("method") \
+        if isinstance(configs["task"].get("conditioning"), dict) else None
+    overrides = list(args.overrides)
+    if getattr(args, "method", None):   # --method M = task.conditioning.method=M (an explicit override wins)
+        overrides.insert(0, f"task.conditioning.method={args.method}")
+    configs, applied = apply_overrides(configs, overrides,
                                        {"model": model_config_keys(), "diffusion": diffusion_config_keys()})
-    # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
     task_overrides = [k for k in applied if k.startswith("task.")]
-    check_task_layout(configs["task"], args.task_config + (f" (with command-line override {', '.join(task_overrides)})"
-                                                          if task_overrides else ""))
-    # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
-    configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
-                                                                configs["task"]["conditioning"].get("time_grid"))
-    configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
-                                  keep=overridden_params(applied))   # logs the values it applies
+    where = args.task_config + (f" (with command-line override {', '.join(task_overrides)})" if task_overrides else "")
     unknown = sorted(set(configs["model"]) - set(model_config_keys()))
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
     device = resolve_device(args.device, args.gpu, local_rank)
-    resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
+    threads = apply_threads(getattr(args, "threads", None), device)
+    # The one resolution: layout checked, method's table composed, time grid and tuned values applied.
+    spec = build_spec(configs, applied, args.task_config, original_method, device, threads, where)
+    resolve_channels_last(spec.model.get("channels_last", "auto"), device)   # a bad value fails now
     cond = [k for k in task_overrides if k.startswith("task.conditioning.")]   # named in a bad method's error
-    problem = build_problem(configs, device, args.seed, getattr(args, "measurement_dir", None),
+    problem = build_problem(spec, device, args.seed, getattr(args, "measurement_dir", None),
                             args.task_config + (f" (with command-line override {', '.join(cond)})" if cond else ""))
+    configs = spec.configs
     return configs, applied, device, problem
+
+
+def apply_threads(threads: int | None, device) -> int:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`util.threads.default_threads`)
+    and return the number set."""
+    import torch
+    from util.threads import default_threads
+    n = default_threads() if threads is None else int(threads)
+    torch.set_num_threads(n)
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +271,8 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
                 "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args)),
                 "measurement_dir": measured,
-                "resolved": _json_normalized(resolved_config(configs, problem, device))}   # defaults included
+                "resolved": _json_normalized(resolved_config(configs, problem, device)),   # defaults included
+                "spec": _json_normalized(problem.spec.to_json()), "threads": problem.spec.threads}
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
                              progress=ctx.is_main)
