@@ -250,7 +250,8 @@ class RunSpec:
         tuned_from: where the method's values came from (a method table and task, or the task
             config), for the record.
         measurement, data: the task config's sections.
-        task_path: the task config's path ("" when built from dicts).
+        task_path: the task config's path ("" when built from dicts); task_method: the method
+            the task config file names (its default; "" when unknown).
         device: where tensors go; threads: torch's intra-op threads (None: not set here).
     """
     model: dict
@@ -264,6 +265,7 @@ class RunSpec:
     data: dict
     tuned_from: str = ""
     task_path: str = ""
+    task_method: str = ""
     device: str = "cpu"
     threads: int | None = None
 
@@ -331,7 +333,8 @@ def build_spec(configs: Mapping[str, Mapping[str, Any]], applied: Mapping[str, A
     return RunSpec(model=dict(configs["model"]), diffusion=diffusion, respacing=str(respacing), timesteps=timesteps,
                    method=cond["method"], params=dict(cond.get("params") or {}), conditioning=cond,
                    measurement=task["measurement"], data=task["data"], tuned_from=tuned_from,
-                   task_path=task_path or "", device=str(device), threads=threads)
+                   task_path=task_path or "", task_method=str(original_method or ""), device=str(device),
+                   threads=threads)
 
 
 def _known(method: str) -> bool:

@@ -263,7 +263,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric
         from util.layout import run_dir
-        out_dir = run_dir(args.save_dir, args.task_config, args.measurement_dir)
+        out_dir = run_dir(args.save_dir, run_name(args.task_config, problem.spec), args.measurement_dir)
         measured = None if args.measurement_dir is None else os.path.abspath(args.measurement_dir)
         if measured is not None and os.path.abspath(out_dir) == measured:
             raise BadInput(f"--measurement_dir {args.measurement_dir} is the output folder itself; use another "
@@ -340,6 +340,19 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
                   f"see {os.path.join(out_dir, 'summary.json')}", file=sys.stderr)
             return EXIT_NO_IMAGE
     return 0
+
+
+def run_name(task_config: str, spec) -> str:
+    """The task config path that names the run folder (``util.layout.run_dir``): the task config
+    itself, or, when another method than the config's own runs (``--method``), the sibling name
+    ``<method>_<task>_config.yaml`` (``dps_inpainting``: where the old per-method config ran)."""
+    import re
+    from builder import _other_method
+    if spec.task_method and _other_method(spec.method, spec.task_method):
+        folder, base = os.path.split(task_config)
+        prefix = re.sub(r"[^a-z0-9+]", "", spec.method.lower()).replace("+", "_plus")   # RED-diff -> reddiff
+        return os.path.join(folder, f"{prefix}_{base}")
+    return task_config
 
 
 def argv_of(args: argparse.Namespace) -> list[str]:
