@@ -25,7 +25,8 @@ class Restored:
 
     Attributes:
         x0: (N, C, H, W) reconstructions in [-1, 1] (a diverged one is zeros).
-        y: the measurements (the operator's output geometry), on the [-1, 1] scale.
+        y: the measurements (the operator's output geometry), on the [-1, 1] scale (None when
+            sampling unconditionally).
         nfe: network evaluations per image, as the sampling loop counted them.
         seconds: wall seconds of the sampling per image (measurement and scoring excluded).
         diverged_at: per image, the step where it became non-finite, or None.
@@ -34,7 +35,7 @@ class Restored:
             when the clean images were given; else empty.
     """
     x0: torch.Tensor
-    y: torch.Tensor
+    y: torch.Tensor | None
     nfe: int
     seconds: float
     diverged_at: list
@@ -58,7 +59,8 @@ def measure(physics: Any, x: torch.Tensor, indices: Sequence[int], seed: int, fi
 def restore(model: Any, sampler: Any, physics: Any, solver: Any, indices: Sequence[int], seed: int,
             x: torch.Tensor | None = None, y: torch.Tensor | None = None, fixed_params: Any = None,
             image_shape: tuple[int, int, int] | None = None, metric_norm: str = "clip",
-            callback: Callable | None = None, progress: bool = False, desc: str = "") -> Restored:
+            callback: Callable | None = None, progress: bool = False, desc: str = "",
+            device: str | torch.device | None = None) -> Restored:
     """Restore the images ``indices`` (a batch): measure the clean ``x`` (:func:`measure`) unless
     the measurements ``y`` are given (``physics`` then already set up for them), sample each
     posterior from x_T drawn from (seed, i, sampler stream) with ``solver``
@@ -73,17 +75,21 @@ def restore(model: Any, sampler: Any, physics: Any, solver: Any, indices: Sequen
         image_shape: (C, H, W) of the images when ``x`` is None.
         metric_norm: "clip" or "minmax" (``util.metrics.to_unit``) for PSNR / SSIM.
         callback: ``callback(i, t, x0_hat, residual)`` after every step (``sampling.sample``).
+        device: where x_T goes when neither ``x`` nor ``y`` is given (unconditional sampling:
+            ``physics`` None and ``solver`` the ``none`` method); default cpu.
 
     Returns: :class:`Restored`.
 
     Raises: ValueError when neither ``x`` nor ``y`` is given, or from the solver / sampler.
     """
-    if y is None:
+    if y is None and physics is not None:
         if x is None:
             raise ValueError("restore needs the clean images x or the measurements y")
         y = measure(physics, x, indices, seed, fixed_params)
+    if x is None and image_shape is None:
+        raise ValueError("restore needs image_shape (C, H, W) when no clean images are given")
     shape = tuple(x.shape[1:]) if x is not None else tuple(image_shape)
-    device = y.device
+    device = y.device if y is not None else (x.device if x is not None else torch.device(device or "cpu"))
     generators = torch_generators(seed, indices, STREAM_SAMPLER)
     x_T = randn(shape, generators, device=device)
     _sync(device)
