@@ -147,8 +147,9 @@ def run_main(size: str, method: str, precision: str, steps: int, images: int, ba
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         row["status"] = f"error (exit {proc.returncode}): {lines[-1] if lines else ''}"[:300]
         return row
-    from util.layout import run_dir
-    out_dir = run_dir(save_dir, task_cfg)
+    import glob
+    found = glob.glob(os.path.join(save_dir, "**", "summary.json"), recursive=True)   # the one run of save_dir
+    out_dir = os.path.dirname(found[0]) if len(found) == 1 else save_dir
     with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     with open(os.path.join(out_dir, "metrics.csv"), encoding="utf-8", newline="") as f:
