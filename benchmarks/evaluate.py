@@ -264,7 +264,7 @@ def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing
     out, seconds, nfe = [], 0.0, 0
     for s in range(0, len(idx), batch_size):
         xb, ib = x[s:s + batch_size], idx[s:s + batch_size]
-        solver = build_solver({"method": spec.name, "params": dict(params)}, physics)
+        solver = build_solver({"method": spec.name, "params": dict(params)})   # checked on the measured physics
         res = restore(model, sampler, physics, solver, ib, seed, x=xb)   # y from (seed, i) draws
         seconds += res.seconds * len(ib)
         nfe = res.nfe

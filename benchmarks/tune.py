@@ -3,6 +3,9 @@ only, with the same evaluation budget for every method:
 
     python -m benchmarks.tune --method CoDPS+ --task gaussian_deblur --budget 100 [--apply]
     python -m benchmarks.tune --method all --task all --budget all        # the whole grid
+    python -m benchmarks.tune --method DDRM --task gaussian_deblur --budget 100 --sweep \
+        --sigma_max 1 2 3 --param eta=0.85,1            # a fixed sweep: time grids x values
+    python -m benchmarks.tune --method all --task all --budget all --apply --from_results
 
 Search (see :func:`grid_search` and :func:`tpe_search`):
 
@@ -46,7 +49,7 @@ import numpy as np
 import yaml
 
 from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, diffusion_config,
-                                 measurement_config, mean_se, prior_digest, respacing_for, run_method,
+                                 measurement_config, mean_se, method_params, prior_digest, respacing_for, run_method,
                                  solver_class, steps_of, time_grid)
 from benchmarks.mnist_common import ROOT, TASKS
 from guided_diffusion.respace import grid_respacing
@@ -545,6 +548,51 @@ def apply_choice(table_path: str, task: str, respacing: str, values: Mapping[str
     return table_path
 
 
+def sweep(spec: MethodSpec, task: str, budget: int, sigma_maxes: list[float], params: list[str], split: str,
+          num: int, seed: int, cache: Cache | None, batch_size: int = 8, uniform: bool = True) -> list[dict]:
+    """The sweep mode (``--sweep``, which replaced benchmarks/time_grid.py and the grids of
+    benchmarks/mnist_sweep.py): method ``spec`` on ``task`` at ``budget`` NFE with its table's
+    values for the uniform grid, crossed with every combination of ``params`` (``name=v1,v2``;
+    ``auto`` kept as a string) and with the time grids: the uniform ``ddim<N>`` / ``"<N>"`` (unless
+    ``uniform`` is False) and ``sigma<N>max<S>`` for each S of ``sigma_maxes`` (none given: the
+    method's own grid). Every run is cached like the tuner's evaluations (same key on the tune
+    split). Returns one record per run (method, task, respacing, params, split, num, seed, mean
+    PSNR / SE / SSIM, NFE, per-digit PSNR and SSIM).
+
+    Raises:
+        ValueError: a malformed ``name=v1,v2`` or a bad budget."""
+    steps_uniform = respacing_for(spec, budget, conditioning(spec, task).get("params") or {})
+    base = method_params(spec, task, steps_uniform)
+    combos: list[dict] = [{}]
+    for item in params:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r} is not name=v1,v2")
+        name, values = item.split("=", 1)
+        combos = [{**c, name: (v if v == "auto" else float(v))} for c in combos for v in values.split(",")]
+    steps = steps_of(steps_uniform)
+    grids = ([steps_uniform] if uniform else []) + [f"sigma{steps}max{smax:g}" for smax in sigma_maxes]
+    if not sigma_maxes:
+        grids = [respacing_for(spec, budget, base, task)]
+    digest, meas, out = prior_digest(), measurement_config(task), []
+    for combo in combos:
+        for respacing in grids:
+            run = {**base, **combo}
+            key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing, params=run, split=split,
+                            num=num, seed=seed, measurement=meas, diffusion=diffusion_config(spec), prior=digest)
+            rec = cache.get(key) if cache is not None else None
+            if rec is None:
+                s = run_method(spec, task, run, respacing, split, num, seed, batch_size)
+                rec = dict(psnr=s.psnr, ssim=s.ssim, seconds=s.seconds, nfe=s.nfe, error=None)
+                if cache is not None:
+                    rec = cache.put(key, dict(rec, method=spec.name, task=task, respacing=respacing, params=run))
+            m, se = mean_se(rec["psnr"])
+            out.append(dict(method=spec.name, task=task, respacing=respacing, params=run, split=split, num=num,
+                            seed=seed, psnr=round(m, 3), se=round(se, 3), ssim=round(mean_se(rec["ssim"])[0], 4),
+                            nfe=rec["nfe"], psnrs=[round(v, 3) for v in rec["psnr"]],
+                            ssims=[round(v, 4) for v in rec["ssim"]]))
+    return out
+
+
 def apply_results(out: str, specs: Mapping[str, MethodSpec], methods: list[str], tasks: list[str],
                   budgets: list[int] | None, metric: str = "psnr") -> list[str]:
     """Write every choice of ``out`` (``<run>.json`` by :func:`write_run`) of ``metric`` for the
@@ -586,6 +634,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     p.add_argument("--apply", action="store_true", help="write the choices into configs/MNIST/methods/<method>.yaml")
+    p.add_argument("--sweep", action="store_true",
+                   help="evaluate a fixed grid instead of searching: the table's values crossed with --param and "
+                        "the time grids --sigma_max (one JSON line per run; cached)")
+    p.add_argument("--param", action="append", default=[], help="with --sweep: name=v1,v2 (repeatable)")
+    p.add_argument("--sigma_max", type=float, nargs="*", default=[],
+                   help="with --sweep: time grids sigma<N>max<S> to compare with the uniform one")
+    p.add_argument("--no_uniform", action="store_true", help="with --sweep --sigma_max: skip the uniform grid")
+    p.add_argument("--split", default="tune", choices=("tune", "test"), help="with --sweep: the digits")
     p.add_argument("--from_results", action="store_true",
                    help="with --apply: write the choices already in --out (<run>.json of --metric, for the current "
                         "prior) into the method tables, running nothing")
@@ -620,6 +676,20 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     cache = Cache(os.path.join(a.out, "cache.jsonl"))
     command = "python -m benchmarks.tune " + " ".join(argv_list)
+    if a.sweep:
+        sweep_cache = cache if a.split == "tune" else Cache(os.path.join(a.out, "sweep_test_cache.jsonl"))
+        for name in methods:
+            for task in (t for t in tasks if t in specs[name].configs):
+                for budget in (budgets or [100]):
+                    try:
+                        recs = sweep(specs[name], task, budget, a.sigma_max, a.param, a.split, a.num, a.seed,
+                                     sweep_cache, a.batch_size, not a.no_uniform)
+                    except ValueError as exc:
+                        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+                        return 2
+                    for rec in recs:
+                        print(json.dumps(rec), flush=True)
+        return 0
     for name in methods:
         spec = specs[name]
         for task in tasks:

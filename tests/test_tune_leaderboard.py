@@ -348,3 +348,23 @@ def test_committed_choices_are_inside_their_ranges_and_shipped():
                                       cfg.get("time_grid"))
         if str(default) == c["respacing"]:
             assert {k: cfg["params"][k] for k in want} == want, path.name
+
+
+@needs_digits
+def test_tune_sweep_mode_crosses_grids_and_values_and_caches(tmp_path, monkeypatch, capsys):
+    """--sweep (which replaced benchmarks/time_grid.py): the table's values crossed with --param and
+    the uniform / low-noise time grids, one JSON line per run, each from the cache on a re-run."""
+    args = ["--method", "DDRM", "--task", "gaussian_deblur", "--budget", "2", "--sweep", "--sigma_max", "1",
+            "--param", "eta=0.5,1", "--num", "1", "--out", str(tmp_path)]
+    assert tune.main(args) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["respacing"], r["params"]["eta"]) for r in recs] == [("ddim2", 0.5), ("sigma2max1", 0.5),
+                                                                    ("ddim2", 1.0), ("sigma2max1", 1.0)]
+    assert all(r["nfe"] == 2 and len(r["psnrs"]) == 1 for r in recs)
+
+    def boom(*a, **k):
+        raise AssertionError("a cached run was recomputed")
+    monkeypatch.setattr(tune, "run_method", boom)
+    assert tune.main(args) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert again == recs
