@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads of torch (default: OMP_NUM_THREADS if set, else the idle cores, at "
                              "least 1: util/threads.py); recorded in summary.json")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="measure the network's precision / layout speeds again instead of reading the probe's "
+                             "cache (it is also re-measured when the threads differ or the cached timings were "
+                             "taken under load: docs/speed.md)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -184,6 +188,8 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
     device = resolve_device(args.device, args.gpu, local_rank)
     threads = apply_threads(getattr(args, "threads", None), device)
+    if getattr(args, "reprobe", False):
+        os.environ["CODPS_REPROBE"] = "1"   # read by guided_diffusion.precision when the model is built
     # The one resolution: layout checked, method's table composed, time grid and tuned values applied.
     spec = build_spec(configs, applied, args.task_config, original_method, device, threads, where)
     resolve_channels_last(spec.model.get("channels_last", "auto"), device)   # a bad value fails now

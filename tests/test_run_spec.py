@@ -126,3 +126,26 @@ def test_converter_turns_an_old_layout_config_into_a_table_entry(tmp_path):
     entry = table["tasks"]["motion_deblur"]
     assert {**table["defaults"], **entry["params"]} == {"scale": 0.5} and entry["tuned"] == {"ddim20": {"scale": 0.25}}
     assert convert(str(ds)) == []
+
+
+def test_cli_method_flag_threads_and_spec_in_summary(tmp_path, monkeypatch, capsys):
+    """--method DDRM on a composed MNIST task config (tiny model, 3 steps): DDRM runs on its own
+    time grid with its table's values, into <save_dir>/MNIST/DDIM/ddrm_<task>; summary.json records
+    the run specification and --threads."""
+    from cli_helpers import TINY_DDIM, TINY_MODEL, make_images, run_inproc
+    data = tmp_path / "data"
+    make_images(data, n=1)
+    args = ["--model_config", TINY_MODEL, "--diffusion_config", TINY_DDIM, "--task_config",
+            "configs/MNIST/DDIM/gaussian_deblur_config.yaml", "--method", "DDRM", "--threads", "1",
+            "--save_dir", str(tmp_path / "out"), f"task.data.root={data}", "--num_images", "1",
+            "task.measurement.operator.kernel_size=9"]
+    proc = run_inproc(args, tmp_path, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "MNIST" / "DDIM" / "ddrm_gaussian_deblur" / "summary.json").read_text())
+    spec = summary["spec"]
+    table = load_yaml(str(REPO / "configs/MNIST/methods/ddrm.yaml"))
+    smax = table["tasks"]["gaussian_deblur"]["time_grid"]["sigma_max"]
+    assert spec["method"] == "DDRM" and spec["task_method"] == "CoDPS+" and spec["respacing"] == f"sigma3max{smax:g}"
+    assert spec["num_steps"] == 3 == len(spec["timesteps"]) and summary["threads"] == 1 == spec["threads"]
+    assert set(spec["params"]) == {"eta", "eta_b"} and "scale" not in spec["params"]
+    assert summary["resolved"]["solver"]["method"] == "DDRM"
