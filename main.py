@@ -317,7 +317,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
     scored = args.measurement_dir is None or getattr(problem.dataset, "has_references", False)   # ground truth?
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
                     out_dir, options, info, device=device, lpips_metric=LPIPSMetric(device) if scored else None,
-                    dist=ctx, fixed_params=problem.fixed_params)
+                    dist=ctx, fixed_params=problem.fixed_params, physics=problem.physics)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:
         result = runner.run()

@@ -231,14 +231,16 @@ class Runner:
         dist: this process's :class:`util.distributed.DistContext` (default: a single process).
         fixed_params: a kernel or mask given in the task config for every image (instead of
             the operator's random draws), or None.
+        physics: the ``operators.Physics`` of ``operator`` and ``noiser`` as the builder made it
+            (None: made here).
     """
 
     def __init__(self, model: torch.nn.Module, sampler: Any, operator: Any, noiser: Any, solver: Any,
                  dataset: ImageDataset, out_dir: str, options: RunOptions, info: dict,
                  device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None,
-                 dist: DistContext = SINGLE, fixed_params: np.ndarray | None = None):
+                 dist: DistContext = SINGLE, fixed_params: np.ndarray | None = None, physics: Physics | None = None):
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
-        self.physics = Physics(operator, noiser)
+        self.physics = physics if physics is not None else Physics(operator, noiser)
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
         self.info.update(getattr(model, "speed_settings", {}))   # precision, layout, compile and why
         self.device = torch.device(device)
