@@ -11,8 +11,26 @@ from builder import build_model
 from util.config import load_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
-         "inpainting_box")
+#: The benchmarked MNIST tasks, in table order; a new composed task config
+#: configs/MNIST/DDIM/<task>_config.yaml (with ``conditioning.task``) joins after them.
+KNOWN_TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
+               "inpainting_box")
+
+
+def discover_tasks(root: str = ROOT) -> tuple[str, ...]:
+    """:data:`KNOWN_TASKS` that have a task config in configs/MNIST/DDIM, then every other
+    composed task config there (``conditioning.task`` = its name), sorted."""
+    folder = os.path.join(root, "configs", "MNIST", "DDIM")
+    found = set()
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith("_config.yaml") and name not in ("model_config.yaml", "diffusion_config.yaml"):
+            cond = load_yaml(os.path.join(folder, name), "task config").get("conditioning") or {}
+            if cond.get("task") == name[:-len("_config.yaml")]:
+                found.add(cond["task"])
+    return tuple(t for t in KNOWN_TASKS if t in found) + tuple(sorted(found - set(KNOWN_TASKS)))
+
+
+TASKS = discover_tasks()
 
 
 def config_path(sampling: str, name: str) -> str:

@@ -149,3 +149,20 @@ def test_cli_method_flag_threads_and_spec_in_summary(tmp_path, monkeypatch, caps
     assert spec["num_steps"] == 3 == len(spec["timesteps"]) and summary["threads"] == 1 == spec["threads"]
     assert set(spec["params"]) == {"eta", "eta_b"} and "scale" not in spec["params"]
     assert summary["resolved"]["solver"]["method"] == "DDRM"
+
+
+def test_a_new_task_is_one_yaml(tmp_path):
+    """A composed task config dropped into configs/MNIST/DDIM joins the benchmarks' tasks, and any
+    method runs on it (with its class defaults and a warning, until its table gets an entry)."""
+    import shutil
+    from benchmarks.mnist_common import KNOWN_TASKS, discover_tasks
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    d = tmp_path / "configs" / "MNIST" / "DDIM"
+    text = (d / "motion_deblur_config.yaml").read_text().replace("task: motion_deblur", "task: motion_deblur_long")
+    (d / "motion_deblur_long_config.yaml").write_text(text.replace("kernel_size: 13", "kernel_size: 17"))
+    assert discover_tasks(str(tmp_path)) == KNOWN_TASKS + ("motion_deblur_long",)
+    configs = {"model": {}, "diffusion": load_yaml(str(d / "diffusion_config.yaml")),
+               "task": load_yaml(str(d / "motion_deblur_long_config.yaml"))}
+    configs, applied = apply_overrides(configs, ["task.conditioning.method=DDRM"])
+    spec = build_spec(configs, applied, str(d / "motion_deblur_long_config.yaml"), "CoDPS+")
+    assert spec.method == "DDRM" and spec.params == {"eta_b": 1.0} and spec.measurement["operator"]["kernel_size"] == 17
