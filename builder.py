@@ -349,8 +349,8 @@ def _other_method(method: str, original: str) -> bool:
     """Whether ``method`` is another method than ``original`` (aliases are the same method)."""
     try:
         return solver_class(method) is not solver_class(original)
-    except ValueError:
-        return str(method) != str(original)
+    except ValueError:   # an unknown name: build_solver refuses it, listing the valid ones
+        return False
 
 
 @dataclass

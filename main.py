@@ -187,7 +187,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     if unknown:
         raise BadInput(f"model config: unknown key(s) {unknown}; valid keys: {', '.join(model_config_keys())}")
     device = resolve_device(args.device, args.gpu, local_rank)
-    threads = apply_threads(getattr(args, "threads", None), device)
+    threads = apply_threads(getattr(args, "threads", None))
     if getattr(args, "reprobe", False):
         os.environ["CODPS_REPROBE"] = "1"   # read by guided_diffusion.precision when the model is built
     # The one resolution: layout checked, method's table composed, time grid and tuned values applied.
@@ -200,7 +200,7 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     return configs, applied, device, problem
 
 
-def apply_threads(threads: int | None, device) -> int:
+def apply_threads(threads: int | None) -> int:
     """Set torch's intra-op threads to ``threads`` (None: :func:`util.threads.default_threads`)
     and return the number set."""
     import torch
