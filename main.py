@@ -281,7 +281,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
                 "spec": _json_normalized(problem.spec.to_json()), "threads": problem.spec.threads}
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
-                             progress=ctx.is_main)
+                             progress=ctx.is_main, checked=True)   # check_compatible below, once
         if ctx.is_main:   # one run at a time in a folder (OutputFolderError names the holder)
             held.enter_context(OutputLock(out_dir))
         if not args.overwrite:   # fail before the model loads

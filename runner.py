@@ -72,6 +72,7 @@ class RunOptions:
     overwrite: bool = False
     metric_norm: str = "clip"
     progress: bool = True
+    checked: bool = False   # the caller ran check_compatible on this folder already (main.py, before the model loads)
 
 
 @dataclass
@@ -323,8 +324,9 @@ class Runner:
             os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
         remove_stale_temporaries(self.out_dir)
         if not opt.overwrite:
-            check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
-                                                         "metric_norm": opt.metric_norm}))
+            if not opt.checked:
+                check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
+                                                             "metric_norm": opt.metric_norm}))
             if rank_csv_files(self.out_dir):
                 self._merge_rows()
             self.rows = read_all_rows(self.out_dir)
