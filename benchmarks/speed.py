@@ -772,7 +772,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="about a minute: the 32x32 tables and, at 256x256, the data-consistency calls against one "
                         "network forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, e.g. OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: main.py's, util.threads.default_threads: OMP_NUM_THREADS, else the "
+                        "idle cores)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls / steps before timing (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 3; quick 2)")
     p.add_argument("--sizes", default=None, help="comma-separated subset of " + ",".join(SIZES))
@@ -837,8 +839,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.clock == "cpu" and device.type != "cpu":
         raise ValueError(f"--clock cpu times CPU work only; use --clock wall with --device {device}")
     _CLOCK[0] = args.clock
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from util.threads import default_threads
+    torch.set_num_threads(args.threads or default_threads())   # the CLI's default, so the timings match a run
     quick = args.quick
     warmup = 1 if args.warmup is None else args.warmup
     repeats = (2 if quick else 3) if args.repeats is None else args.repeats

@@ -166,3 +166,18 @@ def test_a_new_task_is_one_yaml(tmp_path):
     configs, applied = apply_overrides(configs, ["task.conditioning.method=DDRM"])
     spec = build_spec(configs, applied, str(d / "motion_deblur_long_config.yaml"), "CoDPS+")
     assert spec.method == "DDRM" and spec.params == {"eta_b": 1.0} and spec.measurement["operator"]["kernel_size"] == 17
+
+
+def test_default_threads_do_not_oversubscribe(monkeypatch):
+    """OMP_NUM_THREADS wins; else the cores the load leaves idle, at least 1, at most the cores."""
+    from util import threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "x")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        threads.default_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    for load, want in ((0.0, 8), (2.6, 5), (7.9, 1), (30.0, 1), (-1.0, 8)):
+        monkeypatch.setattr(threads, "machine_load", lambda load=load: load)
+        assert threads.default_threads() == want, load
