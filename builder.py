@@ -1,9 +1,12 @@
-"""Turn the three configs (model, diffusion, task) into the objects of a run: the network, the
-sampler, the measurement operator and noise, the solver and the test images. With ``main.py``,
-the only code that reads config dicts.
+"""Turn the three configs (model, diffusion, task) into the objects of a run: first one resolved
+run specification (:class:`RunSpec`, :func:`build_spec`: the method's table composed in
+(:func:`compose_conditioning`), the time grid as a list of timesteps, the tuned values applied),
+then from it the sampler, the measurement operator and noise, the solver and the test images
+(:func:`build_problem`), and the network (:func:`build_model`). Downstream code (runner,
+``restore.restore``) takes these objects, not config dicts.
 
-Everything cheap is built and checked first (:func:`build_problem`), so that a bad name, key or
-value fails before the (large) model loads."""
+Everything cheap is built and checked first, so that a bad name, key or value fails before the
+(large) model loads."""
 from __future__ import annotations
 
 import copy
