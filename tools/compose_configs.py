@@ -16,7 +16,8 @@ changes old-layout configs (e.g. ``configs/MNIST/DDIM/mmps_motion_deblur_config.
     python -m tools.compose_configs configs/MNIST
 
 and commit the result. ``--check`` lists what would change and exits 1 when anything would.
-A file whose data or measurement differs from its task's is left alone, with an error line."""
+A file whose data or measurement differs from its task's, or whose method is not registered, is
+left alone, with an error line (exit status 2)."""
 from __future__ import annotations
 
 import argparse
@@ -132,9 +133,11 @@ def task_config_text(old_text: str, method: str, task: str) -> str:
     return "\n".join(head + rest) + "\n"
 
 
-def convert(dataset_dir: str, dry_run: bool = False) -> list[str]:
+def convert(dataset_dir: str, dry_run: bool = False, errors: list | None = None) -> list[str]:
     """Convert every old-layout task config under ``dataset_dir`` (e.g. ``configs/MNIST``); returns
-    the actions taken (or, with ``dry_run``, those that would be)."""
+    the actions taken (or, with ``dry_run``, those that would be). Files that cannot be converted
+    (another data / measurement than their task's, an unregistered method) are left alone; their
+    one-line errors are printed and appended to ``errors``."""
     methods_dir = os.path.join(dataset_dir, "methods")
     tables: dict[str, dict] = {}
     if os.path.isdir(methods_dir):
@@ -142,7 +145,8 @@ def convert(dataset_dir: str, dry_run: bool = False) -> list[str]:
             if name.endswith(".yaml"):
                 t = load_yaml(os.path.join(methods_dir, name), "method table")
                 tables[canonical(t["method"])] = t
-    actions, delete, rewrite, errors = [], [], {}, []
+    actions, delete, rewrite = [], [], {}
+    errors = [] if errors is None else errors
     for sampling in SAMPLINGS:
         folder = os.path.join(dataset_dir, sampling)
         if not os.path.isdir(folder):
@@ -166,7 +170,11 @@ def convert(dataset_dir: str, dry_run: bool = False) -> list[str]:
                 if base.get("data") != cfg.get("data") or base.get("measurement") != cfg.get("measurement"):
                     errors.append(f"error: {path}: data / measurement differ from {task}_config.yaml; not converted")
                     continue
-            method = canonical(cond["method"])
+            try:
+                method = canonical(cond["method"])
+            except (KeyError, ValueError) as exc:
+                errors.append(f"error: {path}: {' '.join(str(exc).split())}; not converted (register the method first)")
+                continue
             table = tables.setdefault(method, {"method": method, "sampling": sampling, "defaults": {}, "tasks": {}})
             table.setdefault("tasks", {})
             entry = {k: cond[k] for k in ENTRY_KEYS if k in cond}
@@ -217,11 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(a.dataset_dir):
         print(f"error: {a.dataset_dir} is not a folder (e.g. configs/MNIST)", file=sys.stderr)
         return 2
-    actions = convert(a.dataset_dir, dry_run=a.check)
+    errors: list[str] = []
+    actions = convert(a.dataset_dir, dry_run=a.check, errors=errors)
     for line in actions:
         print(line)
-    print(f"{len(actions)} old-layout config(s) {'to convert' if a.check else 'converted'}")
-    return 1 if a.check and actions else 0
+    print(f"{len(actions)} old-layout config(s) {'to convert' if a.check else 'converted'}"
+          + (f"; {len(errors)} left as they are (errors above)" if errors else ""))
+    return 2 if errors else (1 if a.check and actions else 0)
 
 
 if __name__ == "__main__":
