@@ -1,13 +1,18 @@
-"""Turn the three configs (model, diffusion, task) into the objects of a run: the network, the
-sampler, the measurement operator and noise, the solver and the test images. With ``main.py``,
-the only code that reads config dicts.
+"""Turn the three configs (model, diffusion, task) into the objects of a run: first one resolved
+run specification (:class:`RunSpec`, :func:`build_spec`: the method's table composed in
+(:func:`compose_conditioning`), the time grid as a list of timesteps, the tuned values applied),
+then from it the sampler, the measurement operator and noise, the solver and the test images
+(:func:`build_problem`), and the network (:func:`build_model`). Downstream code (runner,
+``restore.restore``) takes these objects, not config dicts.
 
-Everything cheap is built and checked first (:func:`build_problem`), so that a bad name, key or
-value fails before the (large) model loads."""
+Everything cheap is built and checked first, so that a bad name, key or value fails before the
+(large) model loads."""
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -16,7 +21,7 @@ import torch
 from data.dataloader import ImageDataset, get_dataset
 from guided_diffusion.gaussian_diffusion import create_sampler
 from guided_diffusion.unet import create_model, resolve_channels_last
-from util.config import ConfigError, check_task_layout
+from util.config import ConfigError, check_task_layout, load_yaml
 from util.seeding import STREAM_NOISE, STREAM_OPERATOR, numpy_rngs, torch_generators
 
 log = logging.getLogger(__name__)
@@ -157,10 +162,207 @@ def warn_untuned_respacing(conditioning: Mapping[str, Any], diffusion_cfg: Mappi
     return True
 
 
+def slug(name: str) -> str:
+    """File-name form of a method's name: ``"CoDPS+"`` -> ``"codps_plus"``, ``"RED-diff"`` ->
+    ``"red_diff"`` (lower case, ``+`` spelled out, other symbols ``_``)."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "_plus")).strip("_")
+
+
+def solver_class(name: str) -> type:
+    """The registered class of method ``name`` (case-insensitive; aliases give the same class).
+    Raises ValueError (listing the registered names) for an unknown one."""
+    from solvers.base import list_methods, list_solvers
+    for cls in list_methods():
+        if any(n.lower() == str(name).lower() for n in cls.names):
+            return cls
+    raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_solvers())}")
+
+
+def method_table_path(task_path: str, method: str) -> str:
+    """Path of method ``method``'s table for the dataset of the task config at ``task_path``:
+    ``<task config folder>/../methods/<slug>.yaml`` (``CoDPS+`` -> ``codps_plus.yaml``; aliases
+    resolve to the method's first registered name). Raises ValueError for an unknown method."""
+    name = solver_class(method).names[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(task_path))), "methods", f"{slug(name)}.yaml")
+
+
+def compose_conditioning(conditioning: Mapping[str, Any], task_path: str | None) -> dict:
+    """The conditioning a composed task config runs with (issue 22, docs/framework.md "Configs").
+
+    A composed task config names its default method and its task
+    (``conditioning: {method: DDRM, task: motion_deblur}``); the method's values come from its
+    table ``configs/<dataset>/methods/<method>.yaml`` (:func:`method_table_path`): the table's
+    ``defaults`` under the task entry's ``params``, and the entry's ``tuned``,
+    ``tuned_respacing`` and ``time_grid``. Values in ``conditioning`` itself (a command-line
+    ``task.conditioning.params.scale=0.1`` or ``task.conditioning.time_grid=...``) win. A method
+    without a table, or whose table has no entry for the task, runs with its class defaults
+    under the explicit values (one warning line). An old-layout ``conditioning`` (no ``task``)
+    is returned as it is (a copy).
+
+    Returns a conditioning mapping ({"method", "params", "tuned"?, "tuned_respacing"?,
+    "time_grid"?, "task"}). Raises ConfigError for an unreadable table or one of another method."""
+    cond = copy.deepcopy(dict(conditioning))
+    task = cond.get("task")
+    if task is None:
+        return cond
+    if task_path is None:
+        raise ConfigError("task config: conditioning.task needs the task config's path to find the method tables")
+    method = cond["method"]
+    try:
+        path = method_table_path(task_path, method)
+    except ValueError:
+        return cond   # build_solver names the valid methods
+    entry, defaults = {}, {}
+    if os.path.isfile(path):
+        table = load_yaml(path, "method table")
+        if not isinstance(table.get("tasks"), dict) or "method" not in table or \
+                solver_class(str(table["method"])) is not solver_class(method):
+            raise ConfigError(f"method table {path}: needs method: {method} and a tasks mapping")
+        defaults = dict(table.get("defaults") or {})
+        entry = table["tasks"].get(task)
+        if entry is None:
+            log.warning("%s has no entry for task %s: running %s with its defaults (tune it: python -m "
+                        "benchmarks.tune --method %s --task %s --apply)", path, task, method, method, task)
+            entry = {}
+    elif method.lower() != "none":
+        log.warning("no method table %s: running %s with its class defaults on task %s", path, method, task)
+    out = {"method": method, "task": task, "params": {**defaults, **dict(entry.get("params") or {}),
+                                                     **dict(cond.get("params") or {})}}
+    for key in ("tuned", "tuned_respacing", "time_grid"):
+        if key in cond:
+            out[key] = cond[key]
+        elif key in entry:
+            out[key] = copy.deepcopy(entry[key])
+    return out
+
+
+@dataclass
+class RunSpec:
+    """The resolved specification of a run, built once by :func:`build_spec` from the configs,
+    the overrides and the flags; everything downstream takes it (recorded in summary.json as
+    ``spec``, :meth:`to_json`).
+
+    Attributes:
+        model: the model config (``create_model``'s keyword arguments as given).
+        diffusion: the diffusion config with ``timestep_respacing`` set to :attr:`respacing`.
+        respacing: the name of the time grid (``ddim100``, ``"250"``, ``sigma100max1.5``), the
+            key of the method's tuned table; :attr:`timesteps` is the grid itself.
+        timesteps: the original-process timesteps the sampler visits, ascending (len = steps).
+        method: the method's name; params: every parameter given to it (table defaults, task
+            entry, tuned values for this respacing, command line; the solver's own defaults for
+            the rest: ``resolved_config``).
+        conditioning: the composed conditioning (with ``tuned`` applied) as the run uses it.
+        tuned_from: where the method's values came from (a method table and task, or the task
+            config), for the record.
+        measurement, data: the task config's sections.
+        task_path: the task config's path ("" when built from dicts); task_method: the method
+            the task config file names (its default; "" when unknown).
+        device: where tensors go; threads: torch's intra-op threads (None: not set here).
+    """
+    model: dict
+    diffusion: dict
+    respacing: str
+    timesteps: list
+    method: str
+    params: dict
+    conditioning: dict
+    measurement: dict
+    data: dict
+    tuned_from: str = ""
+    task_path: str = ""
+    task_method: str = ""
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def configs(self) -> dict:
+        """The three configs as this run resolved them ({"model", "diffusion", "task"}; the task's
+        conditioning composed and tuned)."""
+        return {"model": self.model, "diffusion": self.diffusion,
+                "task": {"conditioning": self.conditioning, "data": self.data, "measurement": self.measurement}}
+
+    def to_json(self) -> dict:
+        """A JSON-able dict of the specification (summary.json's ``spec``)."""
+        from dataclasses import asdict
+        out = asdict(self)
+        out["num_steps"] = len(self.timesteps)
+        return out
+
+
+def build_spec(configs: Mapping[str, Mapping[str, Any]], applied: Mapping[str, Any] | None = None,
+               task_path: str | None = None, original_method: str | None = None,
+               device: str | torch.device = "cpu", threads: int | None = None,
+               where: str = "task config") -> RunSpec:
+    """Resolve the configs (overrides already applied; ``applied``: {dotted key: value} of the
+    command line) into a :class:`RunSpec`, checking the task layout once.
+
+    The method's values: :func:`compose_conditioning` (composed task configs); for an old-layout
+    task config whose ``conditioning.method`` was overridden (``original_method``: the file's
+    method), the file's params / tuned values / time grid belong to the other method and are
+    dropped (only command-line ones are kept). Then the method's time grid
+    (``conditioning.time_grid``) is put on the diffusion config's step count, once, as a list of
+    timesteps, and the tuned values for that grid are applied under command-line ones.
+
+    Raises ConfigError / ValueError (one line) for a bad layout, table, time grid or respacing."""
+    from guided_diffusion.respace import get_named_beta_schedule, grid_respacing, space_timesteps
+    from util.config import apply_tuned, check_task_layout, overridden_params
+    applied = dict(applied or {})
+    task = copy.deepcopy(dict(configs["task"]))
+    check_task_layout(task, where)
+    cond = dict(task["conditioning"])
+    if "task" not in cond and original_method is not None and _other_method(cond["method"], original_method):
+        kept = {k[len("task.conditioning."):].split(".")[0] for k in applied if k.startswith("task.conditioning.")}
+        dropped = sorted(k for k in cond if k not in kept and k != "method")
+        params = {k: v for k, v in (cond.get("params") or {}).items() if k in overridden_params(applied)}
+        cond = {k: v for k, v in cond.items() if k in kept or k == "method"}
+        if params or "params" in cond:
+            cond["params"] = params
+        if dropped:
+            log.info("method %s replaces the config's %s: its %s are not used", cond["method"], original_method,
+                     ", ".join(dropped))
+    composed = compose_conditioning(cond, task_path)
+    tuned_from = (f"{method_table_path(task_path, composed['method'])} [{composed['task']}]"
+                  if "task" in composed and _known(composed["method"]) else (task_path or "task config"))
+    diffusion = dict(configs["diffusion"])
+    respacing = grid_respacing(diffusion.get("timestep_respacing", ""), composed.get("time_grid"))
+    diffusion["timestep_respacing"] = respacing
+    explicit = overridden_params(applied) | (set(cond.get("params") or {}) if "task" in cond else set())
+    task["conditioning"] = composed
+    task = apply_tuned(task, respacing, keep=explicit)   # logs the values it applies
+    try:
+        betas = get_named_beta_schedule(diffusion.get("noise_schedule", "linear"), diffusion.get("steps", 1000))
+        timesteps = [int(t) for t in space_timesteps(len(betas), respacing, betas)]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"diffusion config: timestep_respacing {respacing!r}: {' '.join(str(exc).split())}") from None
+    cond = task["conditioning"]
+    return RunSpec(model=dict(configs["model"]), diffusion=diffusion, respacing=str(respacing), timesteps=timesteps,
+                   method=cond["method"], params=dict(cond.get("params") or {}), conditioning=cond,
+                   measurement=task["measurement"], data=task["data"], tuned_from=tuned_from,
+                   task_path=task_path or "", task_method=str(original_method or ""), device=str(device),
+                   threads=threads)
+
+
+def _known(method: str) -> bool:
+    try:
+        solver_class(method)
+    except ValueError:
+        return False
+    return True
+
+
+def _other_method(method: str, original: str) -> bool:
+    """Whether ``method`` is another method than ``original`` (aliases are the same method)."""
+    try:
+        return solver_class(method) is not solver_class(original)
+    except ValueError:   # an unknown name: build_solver refuses it, listing the valid ones
+        return False
+
+
 @dataclass
 class Problem:
     """The cheap parts of a run, built and checked before the model loads (``physics`` owns
-    ``operator`` and ``noiser``). ``dataset`` is a :class:`util.measurement_io.MeasurementFolder`
+    ``operator`` and ``noiser``; ``spec`` the :class:`RunSpec` it was built from). ``dataset`` is a :class:`util.measurement_io.MeasurementFolder`
     in measurement mode; ``fixed_params`` the config's fixed kernel (s, s) or mask (H, W) for
     every image, or None."""
     operator: Any
@@ -171,6 +373,7 @@ class Problem:
     image_shape: tuple[int, int, int]
     physics: Any = None
     fixed_params: Any = None
+    spec: Any = None
 
 
 def operator_kwargs(measurement: Mapping[str, Any]) -> tuple[str, dict]:
@@ -279,50 +482,46 @@ def dry_run_operator(physics: Any, shape: tuple[int, int, int], seed: int,
                          f"{' '.join(str(exc).split())}") from exc
 
 
-def build_problem(configs: Mapping[str, Mapping[str, Any]], device: str | torch.device, seed: int,
+def build_problem(spec: "RunSpec | Mapping[str, Mapping[str, Any]]", device: str | torch.device, seed: int,
                   measurement_dir: str | None = None, where: str = "task config") -> Problem:
-    """Build and check everything but the model from the configs {"model", "diffusion", "task"}:
-    the task layout, the types of the model and diffusion keys, what the sampler can serve
-    (:func:`check_servable`), the sampler (on the task's ``conditioning.time_grid``, if any),
-    measurement, solver and data.
+    """Build and check everything but the model from a :class:`RunSpec` (or, for callers with
+    configs {"model", "diffusion", "task"}, the spec :func:`build_spec` makes of them): the types
+    of the model and diffusion keys, what the sampler can serve (:func:`check_servable`), the
+    sampler on the spec's timesteps, measurement, solver and data.
     With ``measurement_dir`` the images are the measurements of that folder (read and checked
     now, see :mod:`util.measurement_io`) instead of ``task.data``. ``where`` names the task config
     (and the overrides behind it) in the message of a bad method or method parameter.
 
     Raises ConfigError / DataError / ValueError / FileNotFoundError (one-line messages)."""
-    task = configs["task"]
-    check_task_layout(task)
-    check_config_types(configs["model"], MODEL_KEY_TYPES, "model config")
-    check_config_types(configs["diffusion"], DIFFUSION_KEY_TYPES, "diffusion config")
+    if not isinstance(spec, RunSpec):
+        spec = build_spec(spec, device=device)
+    check_config_types(spec.model, MODEL_KEY_TYPES, "model config")
+    check_config_types(spec.diffusion, DIFFUSION_KEY_TYPES, "diffusion config")
     from priors import DEFAULT_KIND, prior_class
-    prior_cls = prior_class(configs["model"])
+    prior_cls = prior_class(spec.model)
     if prior_cls.kind == DEFAULT_KIND:
-        check_servable(configs["model"], configs["diffusion"])
+        check_servable(spec.model, spec.diffusion)
     else:   # the kind's own checks (its folder, its schedule against the diffusion config)
-        prior_cls.check_config(configs["model"], configs["diffusion"])
-    shape = image_shape(configs["model"])
-    check_speed_settings(configs["model"])
-    from guided_diffusion.respace import grid_respacing
-    diffusion = dict(configs["diffusion"])     # the method's time grid (idempotent: main.py applied it already)
-    diffusion["timestep_respacing"] = grid_respacing(diffusion.get("timestep_respacing", ""),
-                                                     task["conditioning"].get("time_grid"))
-    sampler = build_sampler(diffusion, configs["model"])
-    physics = build_physics(task["measurement"], device)
+        prior_cls.check_config(spec.model, spec.diffusion)
+    shape = image_shape(spec.model)
+    check_speed_settings(spec.model)
+    sampler = build_sampler({**spec.diffusion, "timestep_respacing": list(spec.timesteps)}, spec.model)
+    physics = build_physics(spec.measurement, device)
     try:
-        solver = build_solver(task["conditioning"])
+        solver = build_solver({"method": spec.method, "params": spec.params})
     except ValueError as exc:
         msg = " ".join(str(exc).split())
         raise ValueError(f"{where}: conditioning: {msg}") from None
-    warn_untuned_respacing(task["conditioning"], diffusion, sampler.num_timesteps)
-    fixed = fixed_params(task["measurement"], shape)
+    warn_untuned_respacing(spec.conditioning, spec.diffusion, sampler.num_timesteps)
+    fixed = fixed_params(spec.measurement, shape)
     dry_run_operator(physics, shape, seed, device)
     solver.check(physics)
     if measurement_dir is not None:
         from util.measurement_io import MeasurementFolder
         dataset = MeasurementFolder(measurement_dir, physics.operator, shape, fixed)
     else:
-        dataset = build_dataset(task["data"], shape)
-    return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics, fixed)
+        dataset = build_dataset(spec.data, shape)
+    return Problem(physics.operator, physics.noiser, solver, sampler, dataset, shape, physics, fixed, spec)
 
 
 def check_speed_settings(model_cfg: Mapping[str, Any]) -> None:

@@ -73,6 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dist_timeout", type=float, default=None,
                         help="under torchrun: seconds a process waits for the others at start-up before giving "
                              "up (default 1800)")
+    parser.add_argument("--method", default=None, metavar="NAME",
+                        help="run this method on the task (= task.conditioning.method=NAME): its values for this "
+                             "task and step budget come from configs/<dataset>/methods/<method>.yaml (docs/cli.md)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of torch (default: OMP_NUM_THREADS if set, else the idle cores, at "
+                             "least 1: util/threads.py); recorded in summary.json")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="measure the network's precision / layout speeds again instead of reading the probe's "
+                             "cache (it is also re-measured when the threads differ or the cached timings were "
+                             "taken under load: docs/speed.md)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -150,15 +160,15 @@ def _json_normalized(obj):
 
 
 def setup(args: argparse.Namespace, local_rank: int | None = None):
-    """Load and check everything from the arguments; returns (configs, applied overrides,
-    device, problem). ``local_rank``: this process's GPU index under torchrun (None: one
-    process). Raises BadInput (or the config / data / component errors) on bad input."""
-    from builder import build_problem, diffusion_config_keys, model_config_keys
-    from guided_diffusion.respace import grid_respacing
+    """Load and check everything from the arguments; returns (configs as resolved, applied
+    overrides, device, problem); ``problem.spec`` is the run's :class:`builder.RunSpec`.
+    ``local_rank``: this process's GPU index under torchrun (None: one process). Raises BadInput
+    (or the config / data / component errors) on bad input."""
+    from builder import build_problem, build_spec, diffusion_config_keys, model_config_keys
     from guided_diffusion.unet import resolve_channels_last
-    from util.config import apply_overrides, apply_tuned, check_task_layout, load_yaml, overridden_params
-    for flag in ("batch_size", "num_images"):
-        value = getattr(args, flag)
+    from util.config import apply_overrides, load_yaml
+    for flag in ("batch_size", "num_images", "threads"):
+        value = getattr(args, flag, None)
         if value is not None and value <= 0:
             raise BadInput(f"--{flag} must be a positive integer, got {value}")
     from util.seeding import check_seed
@@ -166,17 +176,15 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
     configs = {"model": load_yaml(args.model_config, "model config"),
                "diffusion": load_yaml(args.diffusion_config, "diffusion config"),
                "task": load_yaml(args.task_config, "task config")}
-    configs, applied = apply_overrides(configs, args.overrides,
+    original_method = (configs["task"].get("conditioning") or {}).get("method") \
+        if isinstance(configs["task"].get("conditioning"), dict) else None
+    overrides = list(args.overrides)
+    if getattr(args, "method", None):   # --method M = task.conditioning.method=M (an explicit override wins)
+        overrides.insert(0, f"task.conditioning.method={args.method}")
+    configs, applied = apply_overrides(configs, overrides,
                                        {"model": model_config_keys(all_kinds=True), "diffusion": diffusion_config_keys()})
-    # The task config's values tuned for this step count (conditioning.tuned), under command-line ones.
     task_overrides = [k for k in applied if k.startswith("task.")]
-    check_task_layout(configs["task"], args.task_config + (f" (with command-line override {', '.join(task_overrides)})"
-                                                          if task_overrides else ""))
-    # The method's time grid (conditioning.time_grid) at the diffusion config's step count.
-    configs["diffusion"]["timestep_respacing"] = grid_respacing(configs["diffusion"].get("timestep_respacing"),
-                                                                configs["task"]["conditioning"].get("time_grid"))
-    configs["task"] = apply_tuned(configs["task"], configs["diffusion"].get("timestep_respacing"),
-                                  keep=overridden_params(applied))   # logs the values it applies
+    where = args.task_config + (f" (with command-line override {', '.join(task_overrides)})" if task_overrides else "")
     from util.metrics import metrics_options
     metrics_options(configs["task"].get("metrics"), args.task_config)   # a bad metrics.lpips_net fails now
     from priors import prior_class
@@ -187,11 +195,27 @@ def setup(args: argparse.Namespace, local_rank: int | None = None):
         raise BadInput(f"model config: unknown key(s) {unknown}{'' if kind == 'guided_diffusion' else ' for kind ' + kind}; "
                        f"valid keys: {', '.join(valid)}")
     device = resolve_device(args.device, args.gpu, local_rank)
-    resolve_channels_last(configs["model"].get("channels_last", "auto"), device)   # a bad value fails now
+    threads = apply_threads(getattr(args, "threads", None))
+    if getattr(args, "reprobe", False):
+        os.environ["CODPS_REPROBE"] = "1"   # read by guided_diffusion.precision when the model is built
+    # The one resolution: layout checked, method's table composed, time grid and tuned values applied.
+    spec = build_spec(configs, applied, args.task_config, original_method, device, threads, where)
+    resolve_channels_last(spec.model.get("channels_last", "auto"), device)   # a bad value fails now
     cond = [k for k in task_overrides if k.startswith("task.conditioning.")]   # named in a bad method's error
-    problem = build_problem(configs, device, args.seed, getattr(args, "measurement_dir", None),
+    problem = build_problem(spec, device, args.seed, getattr(args, "measurement_dir", None),
                             args.task_config + (f" (with command-line override {', '.join(cond)})" if cond else ""))
+    configs = spec.configs
     return configs, applied, device, problem
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`util.threads.default_threads`)
+    and return the number set."""
+    import torch
+    from util.threads import default_threads
+    n = default_threads() if threads is None else int(threads)
+    torch.set_num_threads(n)
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +277,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         from runner import RunConflict, RunOptions, Runner, check_compatible, final_line
         from util.metrics import LPIPSMetric, metrics_options
         from util.layout import run_dir
-        out_dir = run_dir(args.save_dir, args.task_config, args.measurement_dir)
+        out_dir = run_dir(args.save_dir, run_name(args.task_config, problem.spec), args.measurement_dir)
         measured = None if args.measurement_dir is None else os.path.abspath(args.measurement_dir)
         if measured is not None and os.path.abspath(out_dir) == measured:
             raise BadInput(f"--measurement_dir {args.measurement_dir} is the output folder itself; use another "
@@ -261,10 +285,11 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
         info = {"configs": _json_normalized(configs), "overrides": _json_normalized(applied),
                 "device": str(device), "versions": versions(), "command": sys.argv[:1] + (argv_of(args)),
                 "measurement_dir": measured,
-                "resolved": _json_normalized(resolved_config(configs, problem, device))}   # defaults included
+                "resolved": _json_normalized(resolved_config(configs, problem, device)),   # defaults included
+                "spec": _json_normalized(problem.spec.to_json()), "threads": problem.spec.threads}
         options = RunOptions(seed=args.seed, batch_size=args.batch_size, num_images=args.num_images,
                              record=args.record, overwrite=args.overwrite, metric_norm=args.metric_norm,
-                             progress=ctx.is_main)
+                             progress=ctx.is_main, checked=True)   # check_compatible below, once
         if ctx.is_main:   # one run at a time in a folder (OutputFolderError names the holder)
             held.enter_context(OutputLock(out_dir))
         if not args.overwrite:   # fail before the model loads
@@ -301,7 +326,7 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
     runner = Runner(model, problem.sampler, problem.operator, problem.noiser, problem.solver, problem.dataset,
                     out_dir, options, info, device=device, lpips_metric=LPIPSMetric(
                         device, metrics_options(configs["task"].get("metrics"))["lpips_net"]) if scored else None,
-                    dist=ctx, fixed_params=problem.fixed_params)
+                    dist=ctx, fixed_params=problem.fixed_params, physics=problem.physics)
     where = f"process {ctx.rank}: " if ctx.enabled and not ctx.is_main else ""
     try:
         result = runner.run()
@@ -330,6 +355,19 @@ def _run(args, ctx, log, bad_input, one_line, fail, held) -> int:
                   f"see {os.path.join(out_dir, 'summary.json')}", file=sys.stderr)
             return EXIT_NO_IMAGE
     return 0
+
+
+def run_name(task_config: str, spec) -> str:
+    """The task config path that names the run folder (``util.layout.run_dir``): the task config
+    itself, or, when another method than the config's own runs (``--method``), the sibling name
+    ``<method>_<task>_config.yaml`` (``dps_inpainting``: where the old per-method config ran)."""
+    import re
+    from builder import _other_method
+    if spec.task_method and _other_method(spec.method, spec.task_method):
+        folder, base = os.path.split(task_config)
+        prefix = re.sub(r"[^a-z0-9+]", "", spec.method.lower()).replace("+", "_plus")   # RED-diff -> reddiff
+        return os.path.join(folder, f"{prefix}_{base}")
+    return task_config
 
 
 def argv_of(args: argparse.Namespace) -> list[str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -30,16 +29,15 @@ import torch
 
 from data.dataloader import ImageDataset, UnreadableImageError
 from operators.physics import Physics
-from sampling import sample
+from restore import measure, restore
 from util.distributed import SINGLE, DistContext, PeerFailed, shard
 from util.grid import strip_steps, write_run_grid, write_strip
 from util.image_io import read_csv, save_json, save_npy, save_png, to_uint8_image, write_csv
 from util.measurement_io import set_params
-from util.metrics import LPIPSMetric, data_fit_residual, psnr, ssim, to_unit
+from util.metrics import LPIPSMetric, data_fit_residual, to_unit
 from util.progress import RunProgress
 from util.outdir import clear_owned
 from util.set_metrics import format_set_metrics, run_features, run_score
-from util.seeding import STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn, torch_generators
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,7 @@ class RunOptions:
     overwrite: bool = False
     metric_norm: str = "clip"
     progress: bool = True
+    checked: bool = False   # the caller ran check_compatible on this folder already (main.py, before the model loads)
 
 
 @dataclass
@@ -260,14 +259,16 @@ class Runner:
         dist: this process's :class:`util.distributed.DistContext` (default: a single process).
         fixed_params: a kernel or mask given in the task config for every image (instead of
             the operator's random draws), or None.
+        physics: the ``operators.Physics`` of ``operator`` and ``noiser`` as the builder made it
+            (None: made here).
     """
 
     def __init__(self, model: torch.nn.Module, sampler: Any, operator: Any, noiser: Any, solver: Any,
                  dataset: ImageDataset, out_dir: str, options: RunOptions, info: dict,
                  device: str | torch.device = "cpu", lpips_metric: LPIPSMetric | None = None,
-                 dist: DistContext = SINGLE, fixed_params: np.ndarray | None = None):
+                 dist: DistContext = SINGLE, fixed_params: np.ndarray | None = None, physics: Physics | None = None):
         self.model, self.sampler, self.operator, self.noiser, self.solver = model, sampler, operator, noiser, solver
-        self.physics = Physics(operator, noiser)
+        self.physics = physics if physics is not None else Physics(operator, noiser)
         self.dataset, self.out_dir, self.opt, self.info = dataset, out_dir, options, dict(info)
         self.info.update(getattr(model, "speed_settings", {}))   # precision, layout, compile and why
         self.device = torch.device(device)
@@ -354,8 +355,9 @@ class Runner:
             os.makedirs(os.path.join(self.out_dir, sub), exist_ok=True)
         remove_stale_temporaries(self.out_dir)
         if not opt.overwrite:
-            check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
-                                                         "metric_norm": opt.metric_norm}))
+            if not opt.checked:
+                check_compatible(self.out_dir, _fingerprint({**self.info, "seed": opt.seed,
+                                                             "metric_norm": opt.metric_norm}))
             if rank_csv_files(self.out_dir):
                 self._merge_rows()
             self.rows = read_all_rows(self.out_dir)
@@ -517,11 +519,7 @@ class Runner:
                 return (None if refs is None else torch.stack(refs).to(self.device),
                         self.operator.project_measurement(torch.stack(images).to(self.device)))
         x = torch.stack(images).to(self.device)
-        noise = torch_generators(seed, indices, STREAM_NOISE)
-        if self.fixed_params is not None:
-            set_params(self.physics, [self.fixed_params] * n, tuple(x.shape))
-            return x, self.physics.measure(x, None, noise)
-        return x, self.physics.measure(x, numpy_rngs(seed, indices, STREAM_OPERATOR), noise)
+        return x, measure(self.physics, x, indices, seed, self.fixed_params)
 
     def _residuals(self, y: torch.Tensor, x0: torch.Tensor, ok: Sequence[int]) -> dict[int, float | None]:
         """{n: ‖y_n − A x̂_n‖ / (σ_n √m_n)} for the images ``ok`` of the batch; m_n counts the
@@ -541,25 +539,17 @@ class Runner:
             return
         names = [image_name(i) for i in indices]
         x, y = self._measurement(indices, images)
-        generators = torch_generators(self.opt.seed, indices, STREAM_SAMPLER)
-        x_T = randn(getattr(self.model, "shape", None) or (self.dataset.image_shape if self.measured else x.shape[1:]),
-                    generators, device=self.device)   # in the prior's shape (a priors.Prior has one)
         frames: dict[str, list] = {}
-        self._sync()
-        start = time.perf_counter()
-        result = sample(self.model, self.sampler, x_T, y, self.solver, self.physics, generators,
-                        callback=self._callback(names, frames), progress=False,
-                        desc=f"{desc} [{names[0]}..{names[-1]}]")
-        self._sync()
-        seconds = (time.perf_counter() - start) / len(indices)
-        x0 = result.x0.detach()
+        result = restore(self.model, self.sampler, self.physics, self.solver, indices, self.opt.seed, x=x, y=y,
+                         image_shape=self.dataset.image_shape if self.measured else None,
+                         metric_norm=self.opt.metric_norm, callback=self._callback(names, frames),
+                         desc=f"{desc} [{names[0]}..{names[-1]}]")
+        seconds, x0, ok = result.seconds, result.x0, result.ok
         with torch.no_grad():
             shown = self.operator.display(y)
-        ok = [n for n in range(len(indices)) if result.diverged_at[n] is None and bool(torch.isfinite(x0[n]).all())]
         scores: dict[int, tuple] = {}
         if x is not None and ok:
-            p = psnr(x0[ok], x[ok], self.opt.metric_norm)
-            s = ssim(x0[ok], x[ok], self.opt.metric_norm)
+            p, s = result.psnr, result.ssim
             lp = self.lpips(x0[ok], x[ok], self.opt.metric_norm) if self.lpips else [None] * len(ok)
             scores = {n: (p[k], s[k], lp[k]) for k, n in enumerate(ok)}
         residuals = self._residuals(y, x0, ok)
@@ -595,6 +585,3 @@ class Runner:
                 else:
                     log.info("image %s: %s%.2f s", name, fit, seconds)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

@@ -22,20 +22,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from builder import build_model, build_problem  # noqa: E402
-from sampling.loop import sample  # noqa: E402
+from builder import build_model, build_problem, build_spec  # noqa: E402
+from restore import restore  # noqa: E402
 from util.config import apply_overrides, load_yaml  # noqa: E402
 from util.image_io import to_uint8_image  # noqa: E402
 from util.metrics import psnr, to_unit  # noqa: E402
-from util.seeding import (STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn,  # noqa: E402
-                          torch_generators)
 
 #: name -> (sampling type, task config, overrides)
 CASES = {
     "CoDPS+ (DDIM 100)": ("DDIM", "motion_deblur_config", []),
     "CoDPS (DDPM 250)": ("DDPM", "motion_deblur_config", []),
-    "DPS (DDPM 250)": ("DDPM", "dps_motion_deblur_config", []),
-    "PiGDM (DDIM 100)": ("DDIM", "pigdm_motion_deblur_config", []),
+    "DPS (DDPM 250)": ("DDPM", "motion_deblur_config", ["task.conditioning.method=DPS"]),
+    "PiGDM (DDIM 100)": ("DDIM", "motion_deblur_config", ["task.conditioning.method=PiGDM"]),
 }
 
 
@@ -47,8 +45,9 @@ def sample_in_batches(sampling: str, task: str, overrides: list[str], batches: l
                "task": load_yaml(os.path.join(d, f"{task}.yaml"))}
     configs["task"]["data"]["root"] = os.path.join(ROOT, "samples", "mnist")
     configs["model"]["model_path"] = os.path.join(ROOT, configs["model"]["model_path"])
-    configs, _ = apply_overrides(configs, overrides)
-    problem = build_problem(configs, "cpu", seed)
+    original = configs["task"]["conditioning"]["method"]
+    configs, applied = apply_overrides(configs, overrides)
+    problem = build_problem(build_spec(configs, applied, os.path.join(d, f"{task}.yaml"), original), "cpu", seed)
     model = build_model(configs["model"], "cpu")
     return sample_problem_in_batches(problem, model, batches, seed)
 
@@ -61,10 +60,7 @@ def sample_problem_in_batches(problem, model, batches: list[list[int]], seed: in
     x0s, xs = {}, {}
     for idx in batches:
         x = torch.stack([problem.dataset.load(i) for i in idx])
-        y = problem.physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
-        gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = sample(model, problem.sampler, randn(x.shape[1:], gens), y, problem.solver, problem.physics, gens,
-                     progress=False)
+        res = restore(model, problem.sampler, problem.physics, problem.solver, idx, seed, x=x)
         for k, i in enumerate(idx):
             x0s[i], xs[i] = res.x0[k].detach().clone(), x[k]
     return x0s, xs

@@ -61,9 +61,10 @@ def registered_methods() -> list[str]:
 
 
 def method_params(method: str, dataset: str, operator: str) -> tuple[dict, str]:
-    """Parameters for ``method`` from a shipped task config of ``dataset`` (configs/<dataset>/),
-    preferring one with the same operator and the DDIM folder; ({}, "defaults") when none
-    names the method. Returns (params, the config's path or "defaults")."""
+    """Parameters for ``method`` from a shipped task config of ``dataset`` (configs/<dataset>/) or
+    its method table (configs/<dataset>/methods/<method>.yaml, a task entry), preferring one with
+    the same operator and the DDIM folder; ({}, "defaults") when none names the method. Returns
+    (params, the config's path, or the table's with the task, or "defaults")."""
     from solvers.base import _REGISTRY
     from util.config import load_yaml
     cls = _REGISTRY.get(method)
@@ -80,10 +81,23 @@ def method_params(method: str, dataset: str, operator: str) -> tuple[dict, str]:
             except Exception:  # noqa: BLE001 - any unreadable file is simply not a candidate
                 continue
             cond = cfg.get("conditioning")
-            if isinstance(cond, dict) and str(cond.get("method", "")).lower() in names:
+            if isinstance(cond, dict) and "task" not in cond and str(cond.get("method", "")).lower() in names:
                 op = ((cfg.get("measurement") or {}).get("operator") or {}).get("name")
                 rank = (op != operator, sub != "DDIM")
                 found.append((rank, os.path.relpath(os.path.join(path, name), ROOT), dict(cond.get("params") or {})))
+    tables = os.path.join(folder, "methods")   # composed configs: the method tables (builder.compose_conditioning)
+    for name in sorted(os.listdir(tables)) if os.path.isdir(tables) else []:
+        table = load_yaml(os.path.join(tables, name), "method table")
+        if str(table.get("method", "")).lower() not in names:
+            continue
+        sub = str(table.get("sampling", "DDIM"))
+        for task, entry in (table.get("tasks") or {}).items():
+            task_path = os.path.join(folder, sub, f"{task}_config.yaml")
+            if not os.path.isfile(task_path):
+                continue
+            op = ((load_yaml(task_path).get("measurement") or {}).get("operator") or {}).get("name")
+            found.append(((op != operator, sub != "DDIM"), f"{os.path.relpath(os.path.join(tables, name), ROOT)} [{task}]",
+                          {**(table.get("defaults") or {}), **(entry.get("params") or {})}))
     if not found:
         return {}, "defaults"
     found.sort(key=lambda f: f[0])
@@ -133,8 +147,9 @@ def run_main(size: str, method: str, precision: str, steps: int, images: int, ba
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         row["status"] = f"error (exit {proc.returncode}): {lines[-1] if lines else ''}"[:300]
         return row
-    from util.layout import run_dir
-    out_dir = run_dir(save_dir, task_cfg)
+    import glob
+    found = glob.glob(os.path.join(save_dir, "**", "summary.json"), recursive=True)   # the one run of save_dir
+    out_dir = os.path.dirname(found[0]) if len(found) == 1 else save_dir
     with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     with open(os.path.join(out_dir, "metrics.csv"), encoding="utf-8", newline="") as f:

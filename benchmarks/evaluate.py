@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from benchmarks.mnist_common import ROOT, TASKS, config_path, digits, load_prior, measure
+from benchmarks.mnist_common import ROOT, TASKS, config_path, digits, load_prior
+from builder import slug  # noqa: F401  (benchmarks name files by it)
 from util.config import apply_tuned, load_yaml
 from util.metrics import psnr, ssim
 
@@ -45,16 +46,20 @@ MEASUREMENT_FOLDER = "DDIM"
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method with MNIST configs.
+    """A registered method with an MNIST method table (``configs/MNIST/methods/<method>.yaml``).
 
     Attributes:
         name: its first registered name (e.g. ``"CoDPS+"``).
-        sampling: ``"DDIM"`` or ``"DDPM"``, the folder of its configs (and its sampler).
-        configs: {task: path of its task config}.
+        sampling: ``"DDIM"`` or ``"DDPM"``, the folder of the diffusion config it is tuned and
+            benchmarked with (the table's ``sampling``).
+        configs: {task: path of the task config (``configs/MNIST/<sampling>/<task>_config.yaml``)}
+            for every task its table has an entry for.
+        table: path of its method table.
     """
     name: str
     sampling: str
     configs: Mapping[str, str] = field(default_factory=dict)
+    table: str = ""
 
     @property
     def slug(self) -> str:
@@ -62,18 +67,10 @@ class MethodSpec:
         return slug(self.name)
 
 
-def slug(name: str) -> str:
-    """``"CoDPS+"`` -> ``"codps_plus"``; lower case with ``+`` spelled out, other symbols -> ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "_plus")).strip("_")
-
-
 def solver_class(name: str) -> type:
     """The registered class of method ``name`` (case-insensitive). Raises ValueError if unknown."""
-    from solvers.base import list_methods, list_solvers
-    for cls in list_methods():
-        if any(n.lower() == str(name).lower() for n in cls.names):
-            return cls
-    raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_solvers())}")
+    from builder import solver_class as cls_of
+    return cls_of(name)
 
 
 def task_of(config_name: str) -> str | None:
@@ -89,41 +86,46 @@ def task_of(config_name: str) -> str | None:
     return None
 
 
-def discover(root: str = ROOT) -> dict[str, MethodSpec]:
-    """Every registered method that has MNIST task configs, by its first registered name.
+def _order(name: str, sampling: str, root: str) -> tuple:
+    """Sort key that lists the methods as the old per-method config files did (by folder, then
+    file name: the folder's default method as ``<task>_config.yaml``, the others by prefix)."""
+    default = (load_yaml(os.path.join(root, "configs", "MNIST", sampling, "gaussian_deblur_config.yaml"),
+                         "task config").get("conditioning") or {}).get("method")
+    stem = "gaussian_deblur" if default and solver_class(default).names[0] == name else \
+        re.sub(r"[^a-z0-9]", "", name.lower()) + "_gaussian_deblur"
+    return (SAMPLINGS.index(sampling) if sampling in SAMPLINGS else len(SAMPLINGS), stem)
 
-    Scans ``configs/MNIST/<DDIM|DDPM>/*_config.yaml`` and groups the task configs by
-    ``conditioning.method`` (resolved through the solver registry, so aliases group together).
-    A method with configs in both folders keeps the DDIM ones (a warning names the others).
-    Methods registered without MNIST configs (``none``) are not listed.
+
+def discover(root: str = ROOT) -> dict[str, MethodSpec]:
+    """Every registered method that has an MNIST method table, by its first registered name.
+
+    Reads ``configs/MNIST/methods/*.yaml`` (``method``, ``sampling``, ``tasks``); a method's
+    tasks are its table's entries for the tasks of :data:`TASKS`, each run on the task config
+    ``configs/MNIST/<sampling>/<task>_config.yaml``. Methods registered without a table
+    (``none``) are not listed.
 
     Raises:
-        ValueError: a config names a method that is not registered, or two configs of one
-            method and folder are for the same task.
+        ValueError: a table names a method that is not registered, or two tables one method.
     """
-    found: dict[tuple[str, str], dict[str, str]] = {}
-    for sampling in SAMPLINGS:
-        for path in sorted(glob.glob(os.path.join(root, "configs", "MNIST", sampling, "*_config.yaml"))):
-            task = task_of(path)
-            if task is None:
-                continue
-            cfg = load_yaml(path, "task config")
-            method = (cfg.get("conditioning") or {}).get("method")
-            if method is None:
-                continue
-            name = solver_class(method).names[0]
-            tasks = found.setdefault((name, sampling), {})
-            if task in tasks:
-                raise ValueError(f"two {sampling} configs of {name} for {task}: {tasks[task]} and {path}")
-            tasks[task] = path
-    specs: dict[str, MethodSpec] = {}
-    for (name, sampling), tasks in found.items():
-        if name in specs:
-            log.warning("%s has MNIST configs in %s and %s; using %s", name, specs[name].sampling, sampling,
-                        specs[name].sampling)
-            continue
-        specs[name] = MethodSpec(name, sampling, dict(sorted(tasks.items(), key=lambda kv: TASKS.index(kv[0]))))
-    return specs
+    found: dict[str, MethodSpec] = {}
+    for path in sorted(glob.glob(os.path.join(root, "configs", "MNIST", "methods", "*.yaml"))):
+        table = load_yaml(path, "method table")
+        name = solver_class(str(table.get("method"))).names[0]
+        if name in found:
+            raise ValueError(f"two method tables of {name}: {found[name].table} and {path}")
+        sampling = str(table.get("sampling", "DDIM"))
+        tasks = {t: os.path.join(root, "configs", "MNIST", sampling, f"{t}_config.yaml")
+                 for t in TASKS if t in (table.get("tasks") or {})}
+        found[name] = MethodSpec(name, sampling, tasks, path)
+    return dict(sorted(found.items(), key=lambda kv: _order(kv[0], kv[1].sampling, root)))
+
+
+def conditioning(spec: MethodSpec, task: str) -> dict:
+    """The conditioning ``main.py`` composes for method ``spec`` on ``task`` (its table's entry:
+    ``params`` with the table's defaults, ``tuned``, ``tuned_respacing``, ``time_grid``;
+    ``builder.compose_conditioning``)."""
+    from builder import compose_conditioning
+    return compose_conditioning({"method": spec.name, "task": task}, spec.configs[task])
 
 
 def select(methods: str, tasks: str) -> tuple[dict[str, MethodSpec], list[str], list[str]]:
@@ -180,8 +182,8 @@ def respacing_for(spec: MethodSpec, budget: int, params: Mapping[str, Any], task
 
 
 def time_grid(spec: MethodSpec, task: str) -> Any:
-    """The ``conditioning.time_grid`` of method ``spec``'s ``task`` config (None when unset)."""
-    return (load_yaml(spec.configs[task], "task config").get("conditioning") or {}).get("time_grid")
+    """The ``time_grid`` of method ``spec``'s entry for ``task`` (None when unset)."""
+    return conditioning(spec, task).get("time_grid")
 
 
 def steps_of(respacing: str) -> int:
@@ -198,9 +200,8 @@ def diffusion_config(spec: MethodSpec) -> dict:
 
 def method_params(spec: MethodSpec, task: str, respacing: str) -> dict:
     """The parameters ``main.py`` would run method ``spec`` with on ``task`` at ``respacing``:
-    ``conditioning.params`` with the config's ``tuned`` entry for that respacing applied."""
-    cfg = load_yaml(spec.configs[task], "task config")
-    return dict(apply_tuned(cfg, respacing)["conditioning"].get("params") or {})
+    its table entry's ``params`` with the ``tuned`` values for that respacing applied."""
+    return dict(apply_tuned({"conditioning": conditioning(spec, task)}, respacing)["conditioning"].get("params") or {})
 
 
 def measurement_config(task: str) -> dict:
@@ -252,26 +253,22 @@ def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing
     Raises:
         ValueError: bad parameters (from the solver), an unknown split, num out of range.
     """
-    from builder import build_sampler, build_solver
-    from sampling import sample
-    from util.seeding import STREAM_SAMPLER, randn, torch_generators
+    from builder import build_physics, build_sampler, build_solver
+    from restore import restore
     x, idx = digits(split, num)
-    meas = {"measurement": measurement_config(task)}
     dcfg = diffusion_config(spec)
     dcfg["timestep_respacing"] = respacing
     sampler = build_sampler(dcfg)
     model = load_prior()
+    physics = build_physics(measurement_config(task))
     out, seconds, nfe = [], 0.0, 0
     for s in range(0, len(idx), batch_size):
         xb, ib = x[s:s + batch_size], idx[s:s + batch_size]
-        m = measure(meas, xb, ib, seed)          # physics.measure: y from (seed, i) draws
-        solver = build_solver({"method": spec.name, "params": dict(params)}, m.physics)
-        gens = torch_generators(seed, ib, STREAM_SAMPLER)
-        t0 = time.perf_counter()
-        res = sample(model, sampler, randn(xb.shape[1:], gens), m.y, solver, m.physics, gens, progress=False)
-        seconds += time.perf_counter() - t0
+        solver = build_solver({"method": spec.name, "params": dict(params)})   # checked on the measured physics
+        res = restore(model, sampler, physics, solver, ib, seed, x=xb)   # y from (seed, i) draws
+        seconds += res.seconds * len(ib)
         nfe = res.nfe
-        out.append(res.x0.detach().float())
+        out.append(res.x0.float())
     rec = torch.cat(out)
     ps, ss = psnr(rec, x), ssim(rec, x)
     u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()

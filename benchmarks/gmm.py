@@ -43,10 +43,9 @@ from guided_diffusion.gaussian_diffusion import GaussianDiffusion, create_sample
 from guided_diffusion.gmm import GMMEpsilon, GMMPosterior, GaussianMixture, as_vectors, grid_mixture
 from operators import Physics, get_noise, get_operator
 from operators.dense import random_matrix
-from sampling import sample
+from restore import restore
 from solvers import Solver, get_solver
 from solvers.base import compute_dtype, per_sample
-from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 log = logging.getLogger(__name__)
 
@@ -305,10 +304,8 @@ def sample_method(problem: Problem, diffusion: GaussianDiffusion, model: GMMEpsi
         solver = ExactLikelihoodStep(problem.prior, problem.A, problem.y, problem.sigma)
     else:
         solver = get_solver(method.solver, **method.params)
-    gens = torch_generators(seed, range(n), STREAM_SAMPLER)
-    x_T = randn((d, 1, 1), gens)
     y = problem.y.float().reshape(1, -1, 1, 1).expand(n, -1, 1, 1).contiguous()
-    result = sample(model, diffusion, x_T, y, solver, physics, gens, progress=False)
+    result = restore(model, diffusion, physics, solver, list(range(n)), seed, y=y, image_shape=(d, 1, 1))
     x = as_vectors(result.x0).double()
     bad = torch.tensor([s is not None for s in result.diverged_at], dtype=torch.bool)
     x[bad] = float("nan")

@@ -36,7 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from benchmarks.evaluate import (Cache, select, MethodSpec, budgets_of, cache_key, diffusion_config, file_digest,
+from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, diffusion_config,
+                                 file_digest,
                                  mean_se, measurement_config, method_params, prior_digest, respacing_for, run_method)
 from benchmarks.mnist_common import ROOT, TASKS
 from util.config import load_yaml
@@ -99,7 +100,7 @@ def run_cell(spec: MethodSpec, task: str, budget: int, num: int, seed: int, batc
     """The cell of ``spec`` on ``task`` at ``budget`` NFE on the first ``num`` test digits, from the
     cache or computed (and cached). Reconstructions are kept as uint8 ``<recon_dir>/<key>.npy`` so
     that a later classifier can score them without re-running."""
-    cond = load_yaml(spec.configs[task], "task config")["conditioning"]
+    cond = conditioning(spec, task)
     base = cond.get("params") or {}
     respacing = respacing_for(spec, budget, base, task)
     tuned_at = {str(k) for k in (cond.get("tuned") or {})} | {str(cond.get("tuned_respacing"))}
@@ -318,13 +319,13 @@ def registered_without_configs(specs: Mapping[str, Any]) -> list[str]:
     """Registered methods (aliases collapsed, ``none`` excluded) that have no MNIST configs."""
     from solvers.base import list_methods
     classes = list_methods()
-    return [f"{cls.names[0]} (no configs/MNIST/*/ task config)" for cls in classes
+    return [f"{cls.names[0]} (no configs/MNIST/methods/ table)" for cls in classes
             if cls.names and cls.names[0] not in specs and cls.names[0].lower() != "none"]
 
 
 def cell_key(spec: MethodSpec, task: str, budget: int, num: int, seed: int) -> str:
     """The cache key of a cell (see :func:`run_cell`)."""
-    base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
+    base = conditioning(spec, task).get("params") or {}
     respacing = respacing_for(spec, budget, base, task)
     return cache_key(kind="leaderboard", method=spec.name, task=task, respacing=respacing,
                      params=method_params(spec, task, respacing), split="test", num=num, seed=seed,

@@ -38,13 +38,12 @@ import torch
 
 from benchmarks.mnist_common import ROOT, config_path
 from builder import build_model, build_sampler
-from sampling import sample
+from restore import restore
 from solvers import get_solver
 from util.config import ConfigError, load_yaml
 from util.digit_classifier import (DEFAULT_PATH, frechet_distance, load_classifier, penultimate_features,
                                    predict_proba)
 from util.image_io import atomic_write_bytes, save_png
-from util.seeding import STREAM_SAMPLER, randn, torch_generators
 
 log = logging.getLogger("prior_quality")
 
@@ -88,8 +87,7 @@ def sample_prior(model, diffusion_cfg: dict, num: int, seed: int, batch: int, sh
     out = []
     for start in range(0, num, batch):
         idx = range(start, min(num, start + batch))
-        gens = torch_generators(seed, idx, STREAM_SAMPLER)
-        res = sample(model, sampler, randn(shape, gens), None, solver, None, gens, progress=False)
+        res = restore(model, sampler, None, solver, list(idx), seed, image_shape=shape)   # unconditional
         out.append(res.x0.clamp(-1, 1).float().cpu())
         log.info("sampled %d / %d", idx[-1] + 1, num)
     return torch.cat(out)

@@ -64,16 +64,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from builder import build_dataset, build_model, build_physics, operator_kwargs  # noqa: E402
+from builder import build_dataset, build_model, build_physics, build_spec, operator_kwargs  # noqa: E402
 from guided_diffusion.gaussian_diffusion import create_sampler  # noqa: E402
 from operators import get_noise, get_operator, list_operators  # noqa: E402
 from operators import Physics  # noqa: E402
-from sampling import make_step, sample  # noqa: E402
+from restore import measure as restore_measure, restore  # noqa: E402
+from sampling import make_step  # noqa: E402
 from solvers import get_solver, list_methods  # noqa: E402
 from util.config import load_yaml  # noqa: E402
 from util.metrics import psnr  # noqa: E402
-from util.seeding import (STREAM_NOISE, STREAM_OPERATOR, STREAM_SAMPLER, numpy_rngs, randn,  # noqa: E402
-                          torch_generators)
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -189,8 +188,6 @@ def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y
     steps = warmup + repeats + 1
     sampler = create_sampler(sampler=sampler_kind, timestep_respacing=str(steps))
     timed = TimedModel(model, device)
-    gens = torch_generators(seed, range(shape[0]), STREAM_SAMPLER)
-    x_t = randn(shape[1:], gens, device=device)
     stamps: list[float] = []
 
     def callback(i: int, t: int, x0_hat: torch.Tensor, residual: torch.Tensor) -> None:
@@ -198,8 +195,9 @@ def time_sampler_steps(model: torch.nn.Module, sampler_kind: str, solver: Any, y
         stamps.append(clock())
 
     sync(device)
-    start = clock()
-    sample(timed, sampler, x_t, y, solver, physics, gens, callback=callback, progress=False)
+    start = clock()   # x_T of image i from (seed, i), as every run (restore.restore)
+    restore(timed, sampler, physics, solver, list(range(shape[0])), seed, y=y, image_shape=tuple(shape[1:]),
+            callback=callback, device=device)
     bounds = [start] + stamps
     step_times = [bounds[k + 1] - bounds[k] for k in range(steps)]
     kept = range(warmup, warmup + repeats)
@@ -273,7 +271,7 @@ def make_measurement(name: str, kwargs: dict, shape: Sequence[int], device: torc
     x = torch.nn.functional.interpolate(low, size=tuple(shape[2:]), mode="bicubic", align_corners=False)
     x = x.clamp(-1, 1).to(device)
     # measure runs under no_grad, not inference_mode: the operator's cached tensors must stay usable by autograd (DPS)
-    y = physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
+    y = restore_measure(physics, x, idx, seed)
     return Measurement(name, physics, x, y)
 
 
@@ -456,8 +454,6 @@ def memory_child(spec: dict) -> dict:
     m = make_measurement(MAIN_OPERATOR, operator_settings(size)[MAIN_OPERATOR], shape, device)
     solver = get_solver(solver_name)
     sampler = create_sampler(sampler=sampler_of(solver_name), timestep_respacing="2")
-    gens = torch_generators(0, [0], STREAM_SAMPLER)
-    x_t = randn(shape[1:], gens, device=device)
     scale = 1024.0 if sys.platform != "darwin" else 1024.0 ** 2   # ru_maxrss: KB on Linux, bytes on macOS
     before = _proc_status_mb("VmRSS")
     exact = before is not None and _reset_peak_rss()
@@ -466,8 +462,8 @@ def memory_child(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device) / 2 ** 20
-    sample(model, sampler, x_t, None if solver_name == "none" else m.y, solver, None if solver_name == "none"
-           else m.physics, gens, progress=False)
+    restore(model, sampler, None if solver_name == "none" else m.physics, solver, [0], 0,
+            y=None if solver_name == "none" else m.y, image_shape=tuple(shape[1:]), device=device)
     sync(device)
     after = _proc_status_mb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
     out = {"solver": solver_name, "size": size, "operator": MAIN_OPERATOR, "rss_before_mb": before,
@@ -632,25 +628,21 @@ def precision_psnr(device: torch.device, ckpt: str, tasks: Sequence[str], num_im
     sampler = create_sampler(**diffusion)
     out["steps"] = sampler.num_timesteps
     for task in tasks:
-        task_cfg = load_yaml(os.path.join(ROOT, "configs", "MNIST", "DDIM", f"{task}_config.yaml"))
-        data = dict(task_cfg["data"], root=os.path.join(ROOT, "samples", "mnist"))
+        task_path = os.path.join(ROOT, "configs", "MNIST", "DDIM", f"{task}_config.yaml")
+        task_cfg = load_yaml(task_path)
+        spec = build_spec({"model": {}, "diffusion": diffusion, "task": task_cfg}, task_path=task_path)
+        data = dict(spec.data, root=os.path.join(ROOT, "samples", "mnist"))
         dataset = build_dataset(data, shape1[1:])
         n = len(dataset) if num_images is None else min(num_images, len(dataset))
         idx = list(range(n))
         x = torch.stack([dataset.load(i) for i in idx]).to(device)
-        physics = build_physics(task_cfg["measurement"], device)
-        y = physics.measure(x, numpy_rngs(seed, idx, STREAM_OPERATOR), torch_generators(seed, idx, STREAM_NOISE))
-        cond = task_cfg["conditioning"]
-        solver = get_solver(cond["method"], **dict(cond.get("params") or {}))
+        physics = build_physics(spec.measurement, device)
+        y = restore_measure(physics, x, idx, seed)
+        solver = get_solver(spec.method, **spec.params)   # the task's default method with its table values
         scores, secs = {}, {}
         for fp16, model in models.items():
-            gens = torch_generators(seed, idx, STREAM_SAMPLER)
-            sync(device)
-            start = time.perf_counter()
-            res = sample(model, sampler, randn(x.shape[1:], gens, device=device), y, solver, physics, gens,
-                         progress=False)
-            sync(device)
-            secs[fp16] = (time.perf_counter() - start) / n
+            res = restore(model, sampler, physics, solver, idx, seed, x=x, y=y)
+            secs[fp16] = res.seconds
             scores[fp16] = np.asarray(psnr(res.x0, x))
         diff = scores[True] - scores[False]
         out["tasks"].append({"task": task, "images": n, "psnr_fp32": float(scores[False].mean()),
@@ -780,7 +772,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="about a minute: the 32x32 tables and, at 256x256, the data-consistency calls against one "
                         "network forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, e.g. OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: main.py's, util.threads.default_threads: OMP_NUM_THREADS, else the "
+                        "idle cores)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls / steps before timing (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 3; quick 2)")
     p.add_argument("--sizes", default=None, help="comma-separated subset of " + ",".join(SIZES))
@@ -845,8 +839,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.clock == "cpu" and device.type != "cpu":
         raise ValueError(f"--clock cpu times CPU work only; use --clock wall with --device {device}")
     _CLOCK[0] = args.clock
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from util.threads import default_threads
+    torch.set_num_threads(args.threads or default_threads())   # the CLI's default, so the timings match a run
     quick = args.quick
     warmup = 1 if args.warmup is None else args.warmup
     repeats = (2 if quick else 3) if args.repeats is None else args.repeats

@@ -3,6 +3,9 @@ only, with the same evaluation budget for every method:
 
     python -m benchmarks.tune --method CoDPS+ --task gaussian_deblur --budget 100 [--apply]
     python -m benchmarks.tune --method all --task all --budget all        # the whole grid
+    python -m benchmarks.tune --method DDRM --task gaussian_deblur --budget 100 --sweep \
+        --sigma_max 1 2 3 --param eta=0.85,1            # a fixed sweep: time grids x values
+    python -m benchmarks.tune --method all --task all --budget all --apply --from_results
 
 Search (see :func:`grid_search` and :func:`tpe_search`):
 
@@ -25,9 +28,11 @@ metric is reported too. Every evaluation is cached (``<out>/cache.jsonl``, keyed
 parameters, respacing, digits, seed, measurement and a digest of the prior's checkpoint), so a
 run resumes and a finished one re-runs in seconds. Output per run: ``<out>/<method>_<task>_<budget>
 [_ssim].csv`` (every evaluation) and ``.json`` (the choice); ``<out>/chosen.csv`` / ``.md``
-summarise every run in the folder. ``--apply`` writes the choice into the method's task config:
-``conditioning.tuned.<respacing>`` (read by main.py at that respacing) and, at the config's own
-respacing, ``conditioning.params`` too.
+summarise every run in the folder. ``--apply`` writes the choice into the method's table
+``configs/MNIST/methods/<method>.yaml``, entry <task>: ``tuned.<respacing>`` (read by main.py at
+that respacing) and, at the table's own respacing, ``params`` too. ``--apply --from_results``
+writes every committed choice (``<out>/*.json``) without running anything, e.g. after merging
+branches whose old-layout configs ``python -m tools.compose_configs`` converted.
 """
 from __future__ import annotations
 
@@ -36,7 +41,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -44,8 +48,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 
-from benchmarks.evaluate import (Cache, select, MethodSpec, budgets_of, cache_key, diffusion_config,
-                                 measurement_config, mean_se, prior_digest, respacing_for, run_method,
+from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, diffusion_config,
+                                 measurement_config, mean_se, method_params, prior_digest, respacing_for, run_method,
                                  solver_class, steps_of, time_grid)
 from benchmarks.mnist_common import ROOT, TASKS
 from guided_diffusion.respace import grid_respacing
@@ -345,8 +349,7 @@ class Choice:
 def fixed_params(spec: MethodSpec, task: str, respacing: str, space: Space) -> dict:
     """The parameters held fixed while tuning at ``respacing``: the config's ``params`` with the
     step-counted ones (``space.per_step``) rescaled from the config's default respacing."""
-    cfg = load_yaml(spec.configs[task], "task config")
-    params = dict(cfg["conditioning"].get("params") or {})
+    params = dict(conditioning(spec, task).get("params") or {})
     ref = steps_of(diffusion_config(spec)["timestep_respacing"])
     for p in space.per_step:
         if isinstance(params.get(p), (int, float)) and not isinstance(params.get(p), bool):
@@ -369,7 +372,7 @@ def tune_one(spec: MethodSpec, task: str, budget: int, metric: str = "psnr", num
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if task not in spec.configs:
         raise ValueError(f"{spec.name} has no MNIST config for {task}")
-    base = load_yaml(spec.configs[task], "task config")["conditioning"].get("params") or {}
+    base = conditioning(spec, task).get("params") or {}
     space = space_for(spec.name, base)
     respacing = respacing_for(spec, budget, base, task)
     fixed = fixed_params(spec, task, respacing, space)
@@ -509,72 +512,111 @@ def write_summary(out: str) -> str:
     return out
 
 
-def _dump_flow(values: Mapping[str, Any]) -> str:
-    return yaml.safe_dump({k: (fmt(v) if isinstance(v, float) else v) for k, v in values.items()},
-                          default_flow_style=True, sort_keys=False, width=1000).strip()
-
-
-def apply_choice(path: str, respacing: str, values: Mapping[str, Any], default_respacing: str) -> str:
-    """Write tuned ``values`` into the task config at ``path``: the entry
-    ``conditioning.tuned.<respacing>`` (created or replaced; entries sorted by step count), and,
-    when ``respacing`` is the diffusion config's ``default_respacing``, the same keys of
-    ``conditioning.params``. Comments and the rest of the file are kept; the result is re-read and
-    checked before it replaces the file atomically.
+def apply_choice(table_path: str, task: str, respacing: str, values: Mapping[str, Any],
+                 default_respacing: str) -> str:
+    """Write tuned ``values`` into the method table at ``table_path``
+    (``configs/MNIST/methods/<method>.yaml``): the task entry's ``tuned.<respacing>`` (created or
+    replaced; entries sorted by step count), and, when ``respacing`` is the diffusion config's
+    ``default_respacing`` (on the method's time grid), the same keys of the entry's ``params``.
+    The table is re-rendered (``tools.compose_configs.render_methods_file``), re-read and checked
+    before it replaces the file atomically.
 
     Raises:
-        ValueError: the file has no ``conditioning:`` section with ``params:``, or the rewritten
-            file does not read back as intended.
+        ValueError: the table has no entry for ``task``, or the rewritten file does not read back
+            as intended.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    cfg = yaml.load(text, Loader=ConfigLoader)
-    cond = (cfg or {}).get("conditioning")
-    if not isinstance(cond, dict) or not isinstance(cond.get("params"), dict):
-        raise ValueError(f"{path}: no conditioning.params section to write tuned values into")
-    lines = text.splitlines()
-    start = next(i for i, ln in enumerate(lines) if re.match(r"^conditioning:\s*(#.*)?$", ln))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#"))),
-               len(lines))
-    block = lines[start + 1:end]
-    # Drop the old tuned block (the "  tuned:" line and the deeper-indented lines under it).
-    out, skip = [], False
-    for ln in block:
-        if re.match(r"^  tuned:", ln):
-            skip = True
-            continue
-        if skip and (ln.startswith("   ") or not ln.strip()):
-            if not ln.strip():
-                skip = False
-                out.append(ln)
-            continue
-        skip = False
-        out.append(ln)
-    block = out
+    from tools.compose_configs import render_methods_file
+    table = load_yaml(table_path, "method table")
+    entry = (table.get("tasks") or {}).get(task)
+    if not isinstance(entry, dict):
+        raise ValueError(f"{table_path}: no entry for task {task} to write tuned values into")
+    written = {k: fmt(v) if isinstance(v, float) else v for k, v in values.items()}
+    tuned = {str(k): dict(v) for k, v in (entry.get("tuned") or {}).items()}
+    tuned[str(respacing)] = dict(written)
+    entry["tuned"] = tuned
     if str(respacing) == str(default_respacing):
-        for k, v in values.items():
-            pat = re.compile(rf"^(    {re.escape(k)}:\s*)([^\s#]+)(.*)$")
-            hit = [i for i, ln in enumerate(block) if pat.match(ln)]
-            val = _dump_flow({k: v})[1:-1].split(": ", 1)[1]
-            if hit:
-                block[hit[0]] = pat.sub(lambda m: m.group(1) + val + m.group(3), block[hit[0]])
-            else:
-                p = next(i for i, ln in enumerate(block) if re.match(r"^  params:", ln))
-                block.insert(p + 1, f"    {k}: {val}")
-    table = {str(k): dict(v) for k, v in (cond.get("tuned") or {}).items()}
-    table[str(respacing)] = dict(values)
-    tuned_lines = ["  tuned:  # by timestep_respacing; written by python -m benchmarks.tune --apply"]
-    for key in sorted(table, key=lambda r: (steps_of(r), r)):
-        label = key if not key[:1].isdigit() else f'"{key}"'
-        tuned_lines.append(f"    {label}: {_dump_flow(table[key])}")
-    last = max(i for i, ln in enumerate(block) if ln.strip()) if any(ln.strip() for ln in block) else -1
-    block = block[:last + 1] + tuned_lines + block[last + 1:]
-    new = "\n".join(lines[:start + 1] + block + lines[end:]) + ("\n" if text.endswith("\n") else "")
+        shared = table.get("defaults") or {}
+        entry["params"] = {**(entry.get("params") or {}),
+                           **{k: v for k, v in written.items()
+                              if k in (entry.get("params") or {}) or k not in shared or shared[k] != v}}
+    new = render_methods_file(table)
     check = yaml.load(new, Loader=ConfigLoader)
-    got = {str(k): v for k, v in check["conditioning"]["tuned"].items()}[str(respacing)]
-    if {k: fmt(v) if isinstance(v, float) else v for k, v in values.items()} != got:
-        raise ValueError(f"{path}: rewriting the tuned values did not read back ({got} != {dict(values)})")
-    atomic_write_bytes(path, new.encode())
-    return path
+    got = {str(k): v for k, v in check["tasks"][task]["tuned"].items()}[str(respacing)]
+    if written != got:
+        raise ValueError(f"{table_path}: rewriting the tuned values did not read back ({got} != {dict(values)})")
+    atomic_write_bytes(table_path, new.encode())
+    return table_path
+
+
+def sweep(spec: MethodSpec, task: str, budget: int, sigma_maxes: list[float], params: list[str], split: str,
+          num: int, seed: int, cache: Cache | None, batch_size: int = 8, uniform: bool = True) -> list[dict]:
+    """The sweep mode (``--sweep``, which replaced benchmarks/time_grid.py and the grids of
+    benchmarks/mnist_sweep.py): method ``spec`` on ``task`` at ``budget`` NFE with its table's
+    values for the uniform grid, crossed with every combination of ``params`` (``name=v1,v2``;
+    ``auto`` kept as a string) and with the time grids: the uniform ``ddim<N>`` / ``"<N>"`` (unless
+    ``uniform`` is False) and ``sigma<N>max<S>`` for each S of ``sigma_maxes`` (none given: the
+    method's own grid). Every run is cached like the tuner's evaluations (same key on the tune
+    split). Returns one record per run (method, task, respacing, params, split, num, seed, mean
+    PSNR / SE / SSIM, NFE, per-digit PSNR and SSIM).
+
+    Raises:
+        ValueError: a malformed ``name=v1,v2`` or a bad budget."""
+    steps_uniform = respacing_for(spec, budget, conditioning(spec, task).get("params") or {})
+    base = method_params(spec, task, steps_uniform)
+    combos: list[dict] = [{}]
+    for item in params:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r} is not name=v1,v2")
+        name, values = item.split("=", 1)
+        combos = [{**c, name: (v if v == "auto" else float(v))} for c in combos for v in values.split(",")]
+    steps = steps_of(steps_uniform)
+    grids = ([steps_uniform] if uniform else []) + [f"sigma{steps}max{smax:g}" for smax in sigma_maxes]
+    if not sigma_maxes:
+        grids = [respacing_for(spec, budget, base, task)]
+    digest, meas, out = prior_digest(), measurement_config(task), []
+    for combo in combos:
+        for respacing in grids:
+            run = {**base, **combo}
+            key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing, params=run, split=split,
+                            num=num, seed=seed, measurement=meas, diffusion=diffusion_config(spec), prior=digest)
+            rec = cache.get(key) if cache is not None else None
+            if rec is None:
+                s = run_method(spec, task, run, respacing, split, num, seed, batch_size)
+                rec = dict(psnr=s.psnr, ssim=s.ssim, seconds=s.seconds, nfe=s.nfe, error=None)
+                if cache is not None:
+                    rec = cache.put(key, dict(rec, method=spec.name, task=task, respacing=respacing, params=run))
+            m, se = mean_se(rec["psnr"])
+            out.append(dict(method=spec.name, task=task, respacing=respacing, params=run, split=split, num=num,
+                            seed=seed, psnr=round(m, 3), se=round(se, 3), ssim=round(mean_se(rec["ssim"])[0], 4),
+                            nfe=rec["nfe"], psnrs=[round(v, 3) for v in rec["psnr"]],
+                            ssims=[round(v, 4) for v in rec["ssim"]]))
+    return out
+
+
+def apply_results(out: str, specs: Mapping[str, MethodSpec], methods: list[str], tasks: list[str],
+                  budgets: list[int] | None, metric: str = "psnr") -> list[str]:
+    """Write every choice of ``out`` (``<run>.json`` by :func:`write_run`) of ``metric`` for the
+    selected methods, tasks and budgets (None: all) into the method tables (:func:`apply_choice`),
+    in file-name order; choices made for another prior (checkpoint digest) are skipped with a
+    warning. Returns the tables written, one entry per choice."""
+    digest, written = prior_digest(), []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(out, name), encoding="utf-8") as f:
+            c = json.load(f)
+        if c.get("metric") != metric or c.get("method") not in methods or c.get("task") not in tasks or \
+                (budgets is not None and c.get("budget") not in budgets):
+            continue
+        spec = specs[c["method"]]
+        if c.get("prior") != digest:
+            log.warning("%s was tuned for another prior (%s, now %s); not applied", name, c.get("prior"), digest)
+            continue
+        if c["task"] not in spec.configs:
+            continue
+        default = str(grid_respacing(diffusion_config(spec)["timestep_respacing"], time_grid(spec, c["task"])))
+        written.append(apply_choice(spec.table, c["task"], c["respacing"], c["params"], default))
+    return written
 
 
 def main(argv=None) -> int:
@@ -591,7 +633,18 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=22)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
-    p.add_argument("--apply", action="store_true", help="write the choices into configs/MNIST")
+    p.add_argument("--apply", action="store_true", help="write the choices into configs/MNIST/methods/<method>.yaml")
+    p.add_argument("--sweep", action="store_true",
+                   help="evaluate a fixed grid instead of searching: the table's values crossed with --param and "
+                        "the time grids --sigma_max (one JSON line per run; cached)")
+    p.add_argument("--param", action="append", default=[], help="with --sweep: name=v1,v2 (repeatable)")
+    p.add_argument("--sigma_max", type=float, nargs="*", default=[],
+                   help="with --sweep: time grids sigma<N>max<S> to compare with the uniform one")
+    p.add_argument("--no_uniform", action="store_true", help="with --sweep --sigma_max: skip the uniform grid")
+    p.add_argument("--split", default="tune", choices=("tune", "test"), help="with --sweep: the digits")
+    p.add_argument("--from_results", action="store_true",
+                   help="with --apply: write the choices already in --out (<run>.json of --metric, for the current "
+                        "prior) into the method tables, running nothing")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "tune"),
                    help="results folder (the default holds the committed results: use another for trials)")
     a = p.parse_args(argv)
@@ -611,11 +664,32 @@ def main(argv=None) -> int:
     if a.num < 1 or a.max_evals < 1 or a.init < 3:
         print("error: --num and --max_evals must be >= 1 and --init >= 3", file=sys.stderr)
         return 2
+    if a.from_results:
+        if not a.apply:
+            print("error: --from_results needs --apply", file=sys.stderr)
+            return 2
+        for path in apply_results(a.out, specs, methods, tasks, budgets, a.metric):
+            print(f"applied to {os.path.relpath(path, ROOT)}", flush=True)
+        return 0
     import torch
     if a.threads:
         torch.set_num_threads(a.threads)
     cache = Cache(os.path.join(a.out, "cache.jsonl"))
     command = "python -m benchmarks.tune " + " ".join(argv_list)
+    if a.sweep:
+        sweep_cache = cache if a.split == "tune" else Cache(os.path.join(a.out, "sweep_test_cache.jsonl"))
+        for name in methods:
+            for task in (t for t in tasks if t in specs[name].configs):
+                for budget in (budgets or [100]):
+                    try:
+                        recs = sweep(specs[name], task, budget, a.sigma_max, a.param, a.split, a.num, a.seed,
+                                     sweep_cache, a.batch_size, not a.no_uniform)
+                    except ValueError as exc:
+                        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+                        return 2
+                    for rec in recs:
+                        print(json.dumps(rec), flush=True)
+        return 0
     for name in methods:
         spec = specs[name]
         for task in tasks:
@@ -636,7 +710,7 @@ def main(argv=None) -> int:
                       + f"  PSNR {choice.psnr:.2f} SSIM {choice.ssim:.3f}  ({choice.n_evals} evaluations"
                       + (f"; ON EDGE: {', '.join(choice.edge)}" if choice.edge else "") + ")", flush=True)
                 if a.apply:
-                    path = apply_choice(spec.configs[task], choice.respacing, choice.params,
+                    path = apply_choice(spec.table, task, choice.respacing, choice.params,
                                         str(grid_respacing(diffusion_config(spec)["timestep_respacing"],
                                                            time_grid(spec, task))))
                     print(f"  applied to {os.path.relpath(path, ROOT)}", flush=True)

@@ -312,8 +312,46 @@ def probe_key(caps: Capabilities, architecture: Mapping[str, Any], side: int, mo
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def load_cached(key: str) -> dict[str, float] | None:
-    """The cached timings for ``key``, or None (no cache, unreadable cache, no entry)."""
+def probe_conditions() -> dict[str, float]:
+    """What the probe's timings depend on besides the key: torch's intra-op threads, the CPU
+    cores this process may use and the machine's 1-minute load average (util.threads)."""
+    from util.threads import available_cores, machine_load
+    return {"threads": int(torch.get_num_threads()), "cores": int(available_cores()), "load": round(machine_load(), 2)}
+
+
+def poor_conditions(cond: Mapping[str, Any]) -> bool:
+    """Whether timings taken under ``cond`` shared the CPU: the load of the other processes
+    (load average) left fewer idle cores than the probe's threads (by more than half a core)."""
+    try:
+        return float(cond["load"]) > max(0.0, float(cond["cores"]) - float(cond["threads"])) + 0.5
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def stale_reason(stored: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
+    """Why cached timings measured under ``stored`` conditions should be measured again under
+    ``now``: another thread count; or poor stored conditions (:func:`poor_conditions`, or none
+    recorded) while the load is lower now; None to reuse them."""
+    if not stored:
+        return "no measurement conditions recorded"
+    if int(stored.get("threads", -1)) != int(now["threads"]):
+        return f"measured with {stored.get('threads')} threads, now {now['threads']}"
+    if poor_conditions(stored) and float(now["load"]) < float(stored.get("load", 0.0)):
+        return f"measured under load {stored.get('load')} on {stored.get('cores')} cores, now {now['load']}"
+    return None
+
+
+def reprobe_requested() -> bool:
+    """Whether a fresh probe is asked for (``main.py --reprobe`` sets ``CODPS_REPROBE=1``)."""
+    return os.environ.get("CODPS_REPROBE", "").strip() not in ("", "0")
+
+
+def load_cached(key: str, conditions: Mapping[str, Any] | None = None) -> dict[str, float] | None:
+    """The cached timings for ``key``, or None (no cache, unreadable cache, no entry, a reprobe
+    requested, or, when the current ``conditions`` are given, timings to measure again under them:
+    :func:`stale_reason`, logged)."""
+    if reprobe_requested():
+        return None
     path = os.path.join(cache_dir(), CACHE_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -321,13 +359,20 @@ def load_cached(key: str) -> dict[str, float] | None:
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(entry, dict) and isinstance(entry.get("timings"), dict):
+        if conditions is not None:
+            why = stale_reason(entry.get("conditions"), conditions)
+            if why:
+                log.info("speed probe cache %s: measuring again (%s)", path, why)
+                return None
         return {str(k): float(v) for k, v in entry["timings"].items()}
     return None
 
 
-def store_cached(key: str, timings: Mapping[str, float], caps: Capabilities) -> None:
-    """Add ``key``'s timings to the cache file (atomically; a cache that cannot be written is
-    logged and skipped: the probe then runs again next time)."""
+def store_cached(key: str, timings: Mapping[str, float], caps: Capabilities,
+                 conditions: Mapping[str, Any] | None = None) -> None:
+    """Add ``key``'s timings to the cache file with the ``conditions`` they were measured under
+    (:func:`probe_conditions`; atomically; a cache that cannot be written is logged and skipped:
+    the probe then runs again next time)."""
     from util.image_io import save_json
     path = os.path.join(cache_dir(), CACHE_FILE)
     try:
@@ -338,7 +383,8 @@ def store_cached(key: str, timings: Mapping[str, float], caps: Capabilities) -> 
     except (OSError, ValueError):
         data = {}
     data[key] = {"timings": dict(timings), "machine": caps.machine, "capability": caps.cpu_capability,
-                 "torch": caps.torch_version, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+                 "torch": caps.torch_version, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "conditions": dict(conditions) if conditions is not None else None}
     try:
         save_json(path, data)
     except OSError as exc:
@@ -363,12 +409,13 @@ def choose(model: torch.nn.Module, architecture: Mapping[str, Any], use_fp16: An
         many = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         if not many or torch.distributed.get_rank() == 0:
-            timings = load_cached(key)
+            conditions = probe_conditions()
+            timings = load_cached(key, conditions)
             source = "cached probe"
             if timings is None or any(m not in timings for m in modes):
                 start = time.perf_counter()
                 timings = run_probe(model, modes, model.in_channels, side, device)
-                store_cached(key, timings, caps)
+                store_cached(key, timings, caps, conditions)
                 source = f"probe of {time.perf_counter() - start:.1f} s"
         if many:   # every process takes rank 0's timings: one precision and layout for the whole run
             box = [(timings, source)]

@@ -165,8 +165,15 @@ def space_timesteps(num_timesteps: int, section_counts, betas: np.ndarray | None
     stride: range(0, T, s) with exactly N entries), "sigma<N>max<S>" (N steps linear in σ below
     σ_max = S, :func:`sigma_timesteps`; needs ``betas``, (T,) of the original process; without
     them, the linear schedule of T steps), or "10,20,30" (the process cut into equal sections,
-    each given that many evenly spaced steps). "" keeps all T steps.
+    each given that many evenly spaced steps), or a list of timesteps (the grid itself, as a run
+    specification holds it). "" keeps all T steps.
     Raises ValueError when a count is impossible."""
+    if isinstance(section_counts, (list, tuple)):   # the grid itself (a run specification's timesteps)
+        kept = sorted({int(t) for t in section_counts})
+        if not kept or kept[0] < 0 or kept[-1] >= num_timesteps or any(isinstance(t, bool) for t in section_counts):
+            raise ValueError(f"diffusion config: timesteps must be integers in [0, {num_timesteps}), got "
+                             f"{list(section_counts)[:8]}")
+        return kept
     if section_counts in ("", None):
         return list(range(num_timesteps))
     if isinstance(section_counts, int):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cli_helpers import REPO, TINY_DDIM, TINY_DDPM, TINY_MODEL
-from benchmarks.batch_size import sample_problem_in_batches
-from builder import build_model, build_problem
+from builder import build_model, build_problem, build_spec
+from restore import restore
 from util.config import apply_overrides, load_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,10 +39,11 @@ class PerSample(torch.nn.Module):
 def problem_and_model(model_cfg: str, diffusion_cfg: str, task_cfg: str, overrides: list[str]):
     configs = {"model": load_yaml(str(REPO / model_cfg)), "diffusion": load_yaml(str(REPO / diffusion_cfg)),
                "task": load_yaml(str(REPO / task_cfg))}
-    configs, _ = apply_overrides(configs, overrides)
+    original = configs["task"]["conditioning"]["method"]
+    configs, applied = apply_overrides(configs, overrides)
     logging.disable(logging.WARNING)   # random weights / untuned respacing: expected here
     try:
-        problem = build_problem(configs, "cpu", 22)
+        problem = build_problem(build_spec(configs, applied, str(REPO / task_cfg), original), "cpu", 22)
         torch.manual_seed(0)
         model = build_model(configs["model"], "cpu")
     finally:
@@ -51,9 +52,14 @@ def problem_and_model(model_cfg: str, diffusion_cfg: str, task_cfg: str, overrid
 
 
 def sample_in_batches(problem, model, batches: list[list[int]], seed: int = 22) -> dict[int, torch.Tensor]:
-    """x0 of every image, sampled in the given batches exactly as runner.Runner does (the
-    benchmark's own loop, benchmarks.batch_size)."""
-    return sample_problem_in_batches(problem, model, batches, seed)[0]
+    """x0 of every image, sampled in the given batches with restore.restore (as runner.Runner and
+    benchmarks.batch_size do)."""
+    x0s = {}
+    for idx in batches:
+        x = torch.stack([problem.dataset.load(i) for i in idx])
+        res = restore(model, problem.sampler, problem.physics, problem.solver, idx, seed, x=x)
+        x0s.update({i: res.x0[k].detach().clone() for k, i in enumerate(idx)})
+    return x0s
 
 
 TINY_CASES = {
@@ -86,7 +92,8 @@ def test_our_code_is_bitwise_batch_independent(case):
 MNIST_CASES = {
     # name: (sampling type, task config, overrides, tolerance)
     "CoDPS+": ("DDIM", "motion_deblur_config", ["diffusion.timestep_respacing=ddim20"], TOL_NO_GRADIENT),
-    "DPS": ("DDPM", "dps_motion_deblur_config", ["diffusion.timestep_respacing=20"], TOL_GRADIENT),
+    "DPS": ("DDPM", "motion_deblur_config", ["task.conditioning.method=DPS", "diffusion.timestep_respacing=20"],
+            TOL_GRADIENT),
 }
 
 

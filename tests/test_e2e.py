@@ -32,8 +32,9 @@ def test_registered_methods_follow_the_registry(monkeypatch):
 
 def test_method_params_from_shipped_configs():
     params, src = e2e.method_params("CoDPS+", "MNIST", "super_resolution")
-    assert src == "configs/MNIST/DDIM/super_resolution_x2_config.yaml"
-    shipped = load_yaml(os.path.join(REPO, src))["conditioning"]["params"]   # the tuner rewrites the value
+    assert src == "configs/MNIST/methods/codps_plus.yaml [super_resolution_x2]"   # the method table's entry
+    table = load_yaml(os.path.join(REPO, "configs/MNIST/methods/codps_plus.yaml"))
+    shipped = {**table["defaults"], **table["tasks"]["super_resolution_x2"]["params"]}   # the tuner rewrites it
     assert params["scale"] == shipped["scale"] and params["t_div"] == shipped["t_div"]
     params, src = e2e.method_params("ps", "FFHQ", "super_resolution")   # DPS's alias finds its config
     assert src == "configs/FFHQ/DDPM/dps_super_resolution_config.yaml" and params == {"scale": 0.3}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from builder import build_model, build_physics, build_sampler, build_solver
+from builder import build_model, build_physics, build_sampler, build_solver, compose_conditioning
 from sampling import sample
 from util.config import apply_tuned, load_yaml
 from util.metrics import psnr
@@ -64,7 +64,8 @@ def test_codps_plus_beats_classical_inverse(prior, digits, task):
     with torch.no_grad():
         best_classical = max(np.mean(psnr(physics.A_T(physics.cov_solve(y, 1.0, lam)), digits))
                              for lam in np.logspace(-3, 1, 9))
-    # the config as main.py runs it at ddim20: its 20-NFE tuned values (conditioning.tuned)
+    # the config as main.py runs it at ddim20: CoDPS+'s 20-NFE tuned values (configs/MNIST/methods/codps_plus.yaml)
+    cfg["conditioning"] = compose_conditioning(cfg["conditioning"], os.path.join(CFG, f"{task}_config.yaml"))
     solver = build_solver(apply_tuned(cfg, "ddim20")["conditioning"], physics)
     gens = torch_generators(22, idx, STREAM_SAMPLER)
     x = sample(prior, _sampler("ddim20"), randn((1, 32, 32), gens), y, solver, physics, gens, progress=False).x0

@@ -258,9 +258,9 @@ def test_same_seed_same_sample_whatever_the_batch(name, params):
 
 @pytest.mark.parametrize("prefix", ["reddiff", "daps", "tmpd"])
 def test_embedded_prior_end_to_end_with_committed_config(prefix):
-    """The committed DDIM inpainting config of each method, at its shipped 100 DDIM steps, 2 test digits:
+    """Each method's committed DDIM inpainting values (its method table), at the shipped 100 DDIM steps, 2 test digits:
     finite samples that fit the measurement better than the zero image does."""
-    from builder import build_model, build_physics, build_sampler, build_solver
+    from builder import build_model, build_physics, build_sampler, build_solver, compose_conditioning
     from util.config import apply_tuned, load_yaml
     import glob
     from PIL import Image
@@ -270,7 +270,10 @@ def test_embedded_prior_end_to_end_with_committed_config(prefix):
     model = build_model(model_cfg, "cpu")
     paths = sorted(glob.glob(os.path.join(REPO, "samples", "mnist", "*.png")))[:2]
     x = torch.from_numpy(np.stack([np.asarray(Image.open(p), dtype=np.float32) for p in paths]) / 127.5 - 1.0)[:, None]
-    cfg = load_yaml(os.path.join(cfg_dir, f"{prefix}_inpainting_config.yaml"))
+    task_path = os.path.join(cfg_dir, "inpainting_config.yaml")   # with the method's table values
+    task = load_yaml(task_path)
+    task["conditioning"]["method"] = {"reddiff": "RED-diff", "daps": "DAPS", "tmpd": "TMPD"}[prefix]
+    cfg = {"conditioning": compose_conditioning(task["conditioning"], task_path), "measurement": task["measurement"]}
     physics = build_physics(cfg["measurement"])
     idx = [0, 1]
     y = physics.measure(x, numpy_rngs(22, idx, STREAM_OPERATOR), torch_generators(22, idx, STREAM_NOISE))

@@ -308,3 +308,23 @@ def test_run_default_is_auto_library_default_is_fp32(tiny_cfg, monkeypatch):
     cfg["channels_last"] = False
     assert build_model(cfg, "cpu").speed_settings["precision"] == "bf16"
     assert create_model(**cfg).speed_settings["precision"] == "fp32"
+
+
+def test_probe_cache_records_its_conditions_and_is_measured_again(tmp_path, monkeypatch):
+    """The cache entry records threads, cores and load; other threads, or a poor (loaded) earlier
+    measurement while the load is lower now, or CODPS_REPROBE, make it measure again."""
+    monkeypatch.setenv("CODPS_CACHE_DIR", str(tmp_path))
+    idle = {"threads": 2, "cores": 2, "load": 0.1}
+    P.store_cached("k", {"fp32": 1.5}, AVX2, idle)
+    assert P.load_cached("k", idle) == {"fp32": 1.5}
+    assert P.load_cached("k", {**idle, "threads": 1}) is None                  # other threads
+    assert P.load_cached("k", {**idle, "load": 3.0}) == {"fp32": 1.5}          # measured idle: kept
+    busy = {"threads": 2, "cores": 2, "load": 4.0}
+    assert P.poor_conditions(busy) and not P.poor_conditions(idle)
+    P.store_cached("k", {"fp32": 2.5}, AVX2, busy)
+    assert P.load_cached("k", {**busy, "load": 4.5}) == {"fp32": 2.5}          # still as loaded: no re-measure
+    assert P.load_cached("k", idle) is None                                    # poor then, better now
+    P.store_cached("old", {"fp32": 1.0}, AVX2)                                 # an entry without conditions
+    assert P.load_cached("old", idle) is None and P.load_cached("old") == {"fp32": 1.0}
+    monkeypatch.setenv("CODPS_REPROBE", "1")
+    assert P.load_cached("k", busy) is None

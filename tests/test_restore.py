@@ -379,16 +379,18 @@ def test_run_folders_are_named_after_the_task_config():
 
 
 def test_shipped_configs_run_into_one_save_dir(tmp_path, monkeypatch, capsys):
-    """Four MNIST configs (two SR factors, CoDPS+ and DPS inpainting) one after another into one
-    --save_dir, with the embedded prior and three steps."""
+    """Four MNIST runs (two SR factors, CoDPS+ and DPS inpainting) one after another into one
+    --save_dir, with the embedded prior and three steps; a method other than the task config's
+    own runs into <save_dir>/<dataset>/<sampler>/<method>_<task> (as its old per-method config did)."""
     save = tmp_path / "results"
     for rel, steps in (("DDIM/super_resolution_x2", "ddim3"), ("DDIM/super_resolution_x4", "ddim3"),
                        ("DDIM/inpainting", "ddim3"), ("DDPM/dps_inpainting", "3")):
         folder = rel.split("/")[0]
+        method = ["--method", "DPS"] if "dps_" in rel else []   # another method: <method>_<task> folder
         args = ["--model_config", f"configs/MNIST/{folder}/model_config.yaml",
                 "--diffusion_config", f"configs/MNIST/{folder}/diffusion_config.yaml",
-                "--task_config", f"configs/MNIST/{rel}_config.yaml", "--save_dir", str(save),
-                "--num_images", "1", f"diffusion.timestep_respacing={steps}"]
+                "--task_config", f"configs/MNIST/{rel.replace('dps_', '')}_config.yaml", "--save_dir", str(save),
+                "--num_images", "1", f"diffusion.timestep_respacing={steps}"] + method
         ok(run_inproc(args, tmp_path, monkeypatch, capsys))
         out = save / "MNIST" / rel
         assert (out / "grid.png").is_file() and (out / "recon" / "00000.png").is_file()

@@ -115,41 +115,42 @@ MNIST_TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super
 
 
 @pytest.mark.parametrize("task", MNIST_TASKS)
-def test_mnist_pigdm_configs_ship_with_the_codps_measurement(task):
-    """ΠGDM has a config for every MNIST task: method PiGDM with exactly the solver's parameters,
-    and the same data and measurement as the task's CoDPS+ config (so the methods compare on
-    the same y). The generic test above builds it (TASK_CONFIGS includes it)."""
+def test_mnist_pigdm_table_has_every_task(task):
+    """ΠGDM has an entry for every MNIST task in configs/MNIST/methods/pigdm.yaml with exactly the
+    solver's parameters; it runs on the task's config (the CoDPS+ measurement, so the methods
+    compare on the same y); the entries are marked UNTUNED."""
     from solvers import get_solver   # noqa: F401  (registers the solvers)
     from solvers.pigdm import PiGDM
-    d = REPO / "configs" / "MNIST" / "DDIM"
-    path = d / f"pigdm_{task}_config.yaml"
-    assert path in TASK_CONFIGS
-    cfg, codps = load_yaml(str(path)), load_yaml(str(d / f"{task}_config.yaml"))
-    assert cfg["conditioning"]["method"] == "PiGDM"
-    assert set(cfg["conditioning"]["params"]) == set(PiGDM.params)
-    assert cfg["measurement"] == codps["measurement"] and cfg["data"] == codps["data"]
-    assert "untuned" in path.read_text(encoding="utf-8").lower()
+    table = load_yaml(str(REPO / "configs" / "MNIST" / "methods" / "pigdm.yaml"))
+    assert table["method"] == "PiGDM" and table["sampling"] == "DDIM"
+    entry = table["tasks"][task]
+    assert set({**table["defaults"], **entry["params"]}) == set(PiGDM.params)
+    assert "untuned" in entry["note"].lower()
+    assert load_yaml(str(REPO / "configs" / "MNIST" / "DDIM" / f"{task}_config.yaml"))["conditioning"]["task"] == task
 
 
 @pytest.mark.parametrize("sampler", ["DDIM", "DDPM"])
 def test_mnist_configs_record_the_respacing_they_were_tuned_at(sampler):
-    """Every tuned MNIST task config says which timestep_respacing its scale / t_div were tuned
-    at, and it is the shipped diffusion config's (so the default run gives no warning); the
-    ΠGDM configs, marked UNTUNED, have nothing to record."""
-    from builder import warn_untuned_respacing
+    """Every tuned entry of an MNIST method table says which timestep_respacing its scale / t_div
+    were tuned at, and it is the shipped diffusion config's of the table's folder (so the default
+    run gives no warning); the ΠGDM entries, marked UNTUNED, have nothing to record."""
+    from builder import compose_conditioning, warn_untuned_respacing
     from guided_diffusion.gaussian_diffusion import create_sampler
     from guided_diffusion.respace import grid_respacing
     d = REPO / "configs" / "MNIST" / sampler
     diffusion = load_yaml(str(d / "diffusion_config.yaml"))
     steps = create_sampler(**diffusion).num_timesteps
-    tasks = sorted(p for p in d.glob("*_config.yaml") if p.name not in ("model_config.yaml", "diffusion_config.yaml"))
-    assert len(tasks) >= 6
-    for path in tasks:
-        cond = load_yaml(str(path))["conditioning"]
-        if "untuned" in path.read_text(encoding="utf-8").lower():
-            assert "tuned_respacing" not in cond, path.name
-            continue
-        # on the method's time grid (conditioning.time_grid), as main.py runs it
-        run = {**diffusion, "timestep_respacing": grid_respacing(diffusion["timestep_respacing"], cond.get("time_grid"))}
-        assert str(cond.get("tuned_respacing")) == str(run["timestep_respacing"]), path.name
-        assert not warn_untuned_respacing(cond, run, steps)
+    tables = [load_yaml(str(p)) for p in sorted((REPO / "configs" / "MNIST" / "methods").glob("*.yaml"))]
+    tables = [t for t in tables if t["sampling"] == sampler]
+    assert len(tables) >= (2 if sampler == "DDPM" else 6)
+    for table in tables:
+        for task, entry in table["tasks"].items():
+            cond = compose_conditioning({"method": table["method"], "task": task}, str(d / f"{task}_config.yaml"))
+            if "untuned" in (entry.get("note") or "").lower():
+                assert "tuned_respacing" not in cond, (table["method"], task)
+                continue
+            # on the method's time grid (time_grid), as main.py runs it
+            run = {**diffusion, "timestep_respacing": grid_respacing(diffusion["timestep_respacing"],
+                                                                     cond.get("time_grid"))}
+            assert str(cond.get("tuned_respacing")) == str(run["timestep_respacing"]), (table["method"], task)
+            assert not warn_untuned_respacing(cond, run, steps)

@@ -79,8 +79,7 @@ def test_ddrm_configs_use_the_grid_through_the_budget():
         assert r == f"sigma{budget}max{grid['sigma_max']:g}" and evaluate.steps_of(r) == budget
     # the tuned-values table is keyed by that respacing, so the config's values apply at 100 NFE
     r = evaluate.respacing_for(spec, 100, {}, "gaussian_deblur")
-    cfg = load_yaml(spec.configs["gaussian_deblur"], "task config")
-    assert str(cfg["conditioning"]["tuned_respacing"]) == r
+    assert str(evaluate.conditioning(spec, "gaussian_deblur")["tuned_respacing"]) == r
 
 
 def test_time_grid_is_checked_and_tuned_table_keyed_by_grid(caplog):
@@ -146,11 +145,11 @@ def test_bad_respacing_names_every_form(bad):
 def test_apply_choice_writes_a_grid_key(tmp_path):
     from benchmarks import tune
     path = tmp_path / "ddrm.yaml"
-    path.write_text("conditioning:\n  method: DDRM\n  time_grid: {sigma_max: 2}\n  params:\n    eta: 0.85\n\n"
-                    "data:\n  name: folder\n\nmeasurement:\n  operator:\n    name: gaussian_blur\n")
-    tune.apply_choice(str(path), "sigma20max2", {"eta": 0.5}, "sigma100max2")
-    tune.apply_choice(str(path), "sigma100max2", {"eta": 0.9}, "sigma100max2")
-    cfg = yaml.safe_load(path.read_text())["conditioning"]
+    path.write_text("method: DDRM\nsampling: DDIM\ndefaults: {}\ntasks:\n  gaussian_deblur:\n"
+                    "    time_grid: {sigma_max: 2}\n    params: {eta: 0.85}\n")
+    tune.apply_choice(str(path), "gaussian_deblur", "sigma20max2", {"eta": 0.5}, "sigma100max2")
+    tune.apply_choice(str(path), "gaussian_deblur", "sigma100max2", {"eta": 0.9}, "sigma100max2")
+    cfg = yaml.safe_load(path.read_text())["tasks"]["gaussian_deblur"]
     assert cfg["time_grid"] == {"sigma_max": 2} and cfg["params"] == {"eta": 0.9}
     assert list(cfg["tuned"]) == ["sigma20max2", "sigma100max2"]
 
@@ -160,10 +159,10 @@ def test_main_runs_ddrm_on_the_grid(tmp_path, monkeypatch, capsys):
     sigma3max<S> (3 network calls per image), recorded in the summary."""
     data = tmp_path / "data"
     make_images(data, n=1)
-    cfg = yaml.safe_load(open("configs/MNIST/DDIM/ddrm_gaussian_deblur_config.yaml"))
-    smax = cfg["conditioning"]["time_grid"]["sigma_max"]
+    table = yaml.safe_load(open("configs/MNIST/methods/ddrm.yaml"))
+    smax = table["tasks"]["gaussian_deblur"]["time_grid"]["sigma_max"]
     args = ["--model_config", TINY_MODEL, "--diffusion_config", TINY_DDIM, "--task_config",
-            "configs/MNIST/DDIM/ddrm_gaussian_deblur_config.yaml", "--save_dir", str(tmp_path / "out"),
+            "configs/MNIST/DDIM/gaussian_deblur_config.yaml", "--method", "DDRM", "--save_dir", str(tmp_path / "out"),
             f"task.data.root={data}", "--num_images", "1", "task.measurement.operator.kernel_size=9"]
     proc = run_inproc(args, tmp_path, monkeypatch, capsys)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 
 import numpy as np
@@ -139,7 +140,8 @@ def test_budget_to_respacing_and_nfe_per_step(monkeypatch):
     assert {"CoDPS+", "CoDPS", "DPS"} <= set(specs)
     assert specs["CoDPS+"].sampling == "DDIM" and specs["DPS"].sampling == "DDPM"
     assert set(specs["DPS"].configs) == set(evaluate.TASKS)
-    assert specs["DPS"].configs["inpainting_box"].endswith("DDPM/dps_inpainting_box_config.yaml")
+    assert specs["DPS"].configs["inpainting_box"].endswith("DDPM/inpainting_box_config.yaml")
+    assert specs["DPS"].table.endswith("methods/dps.yaml")
     assert evaluate.budgets_of(specs["CoDPS+"]) == (20, 50, 100)
     assert evaluate.budgets_of(specs["CoDPS"]) == (20, 50, 100, 250)
     assert evaluate.respacing_for(specs["CoDPS+"], 50, {}) == "ddim50"
@@ -158,28 +160,44 @@ def test_budget_to_respacing_and_nfe_per_step(monkeypatch):
 
 
 def test_apply_choice_rewrites_params_and_tuned_table(tmp_path):
-    src = REPO / "configs" / "MNIST" / "DDIM" / "gaussian_deblur_config.yaml"
-    path = tmp_path / "gaussian_deblur_config.yaml"
+    """--apply writes the method table's task entry: tuned.<respacing> (sorted by steps), and params
+    at the default respacing; the other tasks' entries and the table's defaults stay."""
+    src = REPO / "configs" / "MNIST" / "methods" / "codps_plus.yaml"
+    path = tmp_path / "codps_plus.yaml"
     shutil.copy(src, path)
-    tune.apply_choice(str(path), "ddim20", {"t_div": 3.0, "scale": 0.61234567}, "ddim100")
-    tune.apply_choice(str(path), "ddim100", {"t_div": 15.0, "scale": 0.166}, "ddim100")
-    tune.apply_choice(str(path), "ddim50", {"t_div": 7.5, "scale": 0.3}, "ddim100")
-    tune.apply_choice(str(path), "ddim20", {"t_div": 3.0, "scale": 0.7}, "ddim100")   # replaces the entry
-    text = path.read_text()
-    cfg = yaml.load(text, Loader=ConfigLoader)
-    check_task_layout(cfg)
-    assert text.startswith(src.read_text().splitlines()[0])            # the comment line is kept
-    assert cfg["conditioning"]["params"] == {"scale": 0.166, "t_div": 15, "div_ratio": 10, "inv_var": 1.0,
-                                             "use_A_AT": True}
-    assert list(cfg["conditioning"]["tuned"]) == ["ddim20", "ddim50", "ddim100"]
-    assert cfg["conditioning"]["tuned"]["ddim20"] == {"t_div": 3.0, "scale": 0.7}
-    assert cfg["measurement"] == yaml.load(src.read_text(), Loader=ConfigLoader)["measurement"]
-    assert apply_tuned(cfg, "ddim50")["conditioning"]["params"]["scale"] == 0.3
+    before = yaml.load(src.read_text(), Loader=ConfigLoader)
+    tune.apply_choice(str(path), "gaussian_deblur", "ddim20", {"t_div": 3.0, "scale": 0.61234567}, "ddim100")
+    tune.apply_choice(str(path), "gaussian_deblur", "ddim100", {"t_div": 15.0, "scale": 0.166}, "ddim100")
+    tune.apply_choice(str(path), "gaussian_deblur", "ddim50", {"t_div": 7.5, "scale": 0.3}, "ddim100")
+    tune.apply_choice(str(path), "gaussian_deblur", "ddim20", {"t_div": 3.0, "scale": 0.7}, "ddim100")   # replaces
+    table = yaml.load(path.read_text(), Loader=ConfigLoader)
+    entry = table["tasks"]["gaussian_deblur"]
+    assert {**table["defaults"], **entry["params"]} == {"scale": 0.166, "t_div": 15, "div_ratio": 10, "inv_var": 1.0,
+                                                        "use_A_AT": True}
+    assert list(entry["tuned"]) == ["ddim20", "ddim50", "ddim100"] and entry["tuned"]["ddim20"] == {"t_div": 3.0,
+                                                                                                     "scale": 0.7}
+    assert table["tasks"]["motion_deblur"] == before["tasks"]["motion_deblur"]
+    assert apply_tuned({"conditioning": {"method": "CoDPS+", **entry}}, "ddim50")["conditioning"]["params"]["scale"] \
+        == 0.3
     # a DDPM respacing key is a number-like string and must stay one
-    tune.apply_choice(str(path), "250", {"scale": 0.05}, "ddim100")
-    cfg = yaml.load(path.read_text(), Loader=ConfigLoader)
-    assert cfg["conditioning"]["tuned"]["250"] == {"scale": 0.05}
-    assert apply_tuned(cfg, 250)["conditioning"]["params"]["scale"] == 0.05
+    tune.apply_choice(str(path), "gaussian_deblur", "250", {"scale": 0.05}, "ddim100")
+    entry = yaml.load(path.read_text(), Loader=ConfigLoader)["tasks"]["gaussian_deblur"]
+    assert entry["tuned"]["250"] == {"scale": 0.05}
+    with pytest.raises(ValueError, match="no entry for task"):
+        tune.apply_choice(str(path), "nope", "ddim20", {"scale": 0.1}, "ddim100")
+
+
+def test_apply_from_results_reproduces_the_shipped_tables(tmp_path):
+    """python -m benchmarks.tune --apply --from_results writes every committed choice into a copy of
+    the tables: nothing changes (the shipped tables hold exactly the committed choices)."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    specs = evaluate.discover(str(tmp_path))
+    written = tune.apply_results(str(REPO / "benchmarks" / "results" / "tune"), specs, list(specs),
+                                 list(evaluate.TASKS), None)
+    assert len(written) > 100
+    for name in os.listdir(REPO / "configs" / "MNIST" / "methods"):
+        assert (tmp_path / "configs/MNIST/methods" / name).read_text() == \
+            (REPO / "configs/MNIST/methods" / name).read_text(), name
 
 
 def test_apply_tuned_and_layout(caplog):
@@ -292,24 +310,29 @@ def test_leaderboard_quick_resumes_from_its_cache(tmp_path, monkeypatch):
 
 
 def test_every_shipped_tuned_entry_builds():
-    """Each ``conditioning.tuned`` entry of a shipped task config gives a valid solver at its respacing."""
+    """Each ``tuned`` entry of a shipped method table (and of an old-layout task config) gives a
+    valid solver at its respacing."""
     from builder import build_solver
     from util.config import load_yaml
+    specs = evaluate.discover()
+    conds = [evaluate.conditioning(spec, task) for spec in specs.values() for task in spec.configs]
     for path in sorted((REPO / "configs").glob("*/*/*_config.yaml")):
-        task = load_yaml(str(path))
-        tuned = (task.get("conditioning") or {}).get("tuned")
-        if not tuned:
+        if path.name in ("model_config.yaml", "diffusion_config.yaml"):
             continue
+        task = load_yaml(str(path))
         check_task_layout(task, str(path))
-        for respacing in tuned:
-            build_solver(apply_tuned(task, respacing)["conditioning"])
+        conds.append(task.get("conditioning") or {})
+    assert sum(bool(c.get("tuned")) for c in conds) > 50
+    for cond in conds:
+        for respacing in cond.get("tuned") or {}:
+            build_solver(apply_tuned({"conditioning": cond}, respacing)["conditioning"])
 
 
 def test_committed_choices_are_inside_their_ranges_and_shipped():
     """The tuner's committed choices (benchmarks/results/tune/*.json): each is strictly inside its
-    evaluated range or at the parameter's hard bound, and the MNIST config of its method and task
-    carries it under ``conditioning.tuned.<respacing>`` (and in ``params`` at the config's own
-    respacing), so what main.py runs is what was tuned."""
+    evaluated range or at the parameter's hard bound, and the method table's entry for its task
+    carries it under ``tuned.<respacing>`` (and in ``params`` at the table's own respacing), so
+    what main.py runs is what was tuned."""
     from util.config import load_yaml
     runs = sorted((REPO / "benchmarks" / "results" / "tune").glob("*.json"))
     assert runs, "no committed tuning runs"
@@ -318,10 +341,30 @@ def test_committed_choices_are_inside_their_ranges_and_shipped():
         c = json.loads(path.read_text())
         label = tune.inside_label(c)
         assert label == "yes" or label.startswith("at limit"), f"{path.name}: {label}"
-        cfg = load_yaml(specs[c["method"]].configs[c["task"]])["conditioning"]
+        cfg = evaluate.conditioning(specs[c["method"]], c["task"])
         want = {k: tune.fmt(v) if isinstance(v, float) else v for k, v in c["params"].items()}
         assert {str(k): v for k, v in cfg["tuned"].items()}[c["respacing"]] == want, path.name
         default = tune.grid_respacing(evaluate.diffusion_config(specs[c["method"]])["timestep_respacing"],
                                       cfg.get("time_grid"))
         if str(default) == c["respacing"]:
             assert {k: cfg["params"][k] for k in want} == want, path.name
+
+
+@needs_digits
+def test_tune_sweep_mode_crosses_grids_and_values_and_caches(tmp_path, monkeypatch, capsys):
+    """--sweep (which replaced benchmarks/time_grid.py): the table's values crossed with --param and
+    the uniform / low-noise time grids, one JSON line per run, each from the cache on a re-run."""
+    args = ["--method", "DDRM", "--task", "gaussian_deblur", "--budget", "2", "--sweep", "--sigma_max", "1",
+            "--param", "eta=0.5,1", "--num", "1", "--out", str(tmp_path)]
+    assert tune.main(args) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["respacing"], r["params"]["eta"]) for r in recs] == [("ddim2", 0.5), ("sigma2max1", 0.5),
+                                                                    ("ddim2", 1.0), ("sigma2max1", 1.0)]
+    assert all(r["nfe"] == 2 and len(r["psnrs"]) == 1 for r in recs)
+
+    def boom(*a, **k):
+        raise AssertionError("a cached run was recomputed")
+    monkeypatch.setattr(tune, "run_method", boom)
+    assert tune.main(args) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert again == recs

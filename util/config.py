@@ -31,7 +31,8 @@ GRID_KEYS = frozenset({"time_grid"})
 #: The task config's fixed layout (the DPS / CoDPS code's): section -> allowed keys, where
 #: ``None`` means "keyword arguments of a component, checked by that component when it is built".
 TASK_LAYOUT: dict[str, Any] = {
-    "conditioning": {"method": str, "params": None, "tuned": None, "tuned_respacing": None, "time_grid": None},
+    "conditioning": {"method": str, "task": str, "params": None, "tuned": None, "tuned_respacing": None,
+                     "time_grid": None},
     "data": None,
     "measurement": {"operator": None, "noise": None, "mask_opt": None},
     "metrics": None,   # optional, checked by util.metrics.metrics_options (lpips_net: vgg | alex)
@@ -236,7 +237,8 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
     ``method``), ``data`` (with ``name``) and ``measurement`` (with ``operator`` holding ``name``)
     must be present and no unknown section may appear. ``conditioning.tuned_respacing``
     (optional, ours: the ``timestep_respacing`` the params were tuned at, e.g. ``ddim100``) must
-    be a string or an integer; ``conditioning.time_grid`` (optional, ours) ``uniform`` or
+    be a string or an integer; ``conditioning.task`` (optional, ours: a composed task config, see
+    ``builder.compose_conditioning``) a task name; ``conditioning.time_grid`` (optional, ours) ``uniform`` or
     ``{sigma_max: S}`` (see ``guided_diffusion.respace.grid_respacing``). Raises ConfigError
     listing valid keys."""
     for key in task:
@@ -273,6 +275,10 @@ def check_task_layout(task: Mapping[str, Any], path: str = "task config") -> Non
         check_time_grid(task["conditioning"].get("time_grid"))
     except ValueError as exc:
         raise ConfigError(f"{path}: {str(exc).replace('task config: ', '')}") from None
+    name = task["conditioning"].get("task")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"{path}: conditioning.task must be a task name (an entry of the method tables "
+                          f"configs/<dataset>/methods/<method>.yaml, e.g. motion_deblur), got {name!r}")
     tuned = task["conditioning"].get("tuned_respacing")
     if tuned is not None and (isinstance(tuned, bool) or not isinstance(tuned, (str, int))):
         raise ConfigError(f"{path}: conditioning.tuned_respacing must be a timestep_respacing like ddim100 or "
