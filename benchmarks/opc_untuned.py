@@ -36,10 +36,10 @@ TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resol
 #: variant -> (task config pattern, overrides)
 VARIANTS = {
     "OPC analytic II": ("opc_{task}", []),
-    "OPC convert II": ("opc_{task}", ["task.conditioning.params.cov=convert"]),
-    "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
     "CoDPS+ (tuned)": ("{task}", []),
+    "OPC convert II": ("opc_{task}", ["task.conditioning.params.cov=convert"]),
     "PiGDM (tuned)": ("pigdm_{task}", []),
+    "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
 }
 BASELINE = "CoDPS+ (tuned)"
 
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
         print(f"error: --variants {bad} unknown (valid: {', '.join(VARIANTS)}) or --num < 2", file=sys.stderr)
         return 2
     table = {}
-    for task in TASKS:
-        for variant in variants:
+    for variant in variants:      # variant-major: the no-backprop comparison finishes first
+        for task in TASKS:
             table[(variant, task)] = run(variant, task, args.num, args.save_dir)
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -60,6 +60,9 @@ import torch
 
 from solvers.base import Param, Solver, check_sigma, compute_dtype, per_sample, register_solver
 
+#: the repository root, for the shipped table's relative path
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 #: floor of the learned-variance conversion (the reference's ``.clip(min=1e-6)``, eq. 22).
 CONVERT_FLOOR = 1e-6
 
@@ -72,7 +75,7 @@ _PARAMS = {
                              "else ΠGDM's (1−ᾱ) I"),
     "sigma_floor": Param(1e-3, "positive", "σ_n is floored at this value in the solve"),
     "var_table": Param("ckpts/mnist32_analytic_var.pt", "str", "the analytic r_t² table "
-                       "(python -m benchmarks.analytic_variance), relative to the working directory"),
+                       "(python -m benchmarks.analytic_variance), relative to the working directory or the repository"),
     "cg_tol": Param(1e-6, "positive", "relative residual of the CG solve (diagonal Σ, non-mask A)"),
     "cg_max_iter": Param(200.0, "positive", "iteration cap of that CG solve"),
 }
@@ -80,9 +83,12 @@ _PARAMS = {
 
 def load_variance_table(path: str) -> dict[str, torch.Tensor]:
     """The analytic table of :mod:`benchmarks.analytic_variance`: ``t`` (T,), ``alpha_bar`` (T,),
-    ``r2`` (T,) float64. Raises ValueError (one line, naming the file and the command that makes
+    ``r2`` (T,) float64. A relative ``path`` is taken from the working directory, else from the
+    repository root (where the shipped table lies). Raises ValueError (one line, naming the file and the command that makes
     it) for a missing or malformed file."""
     hint = "make it with: python -m benchmarks.analytic_variance"
+    if not os.path.isfile(path) and not os.path.isabs(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
+        path = os.path.join(REPO_ROOT, path)
     if not os.path.isfile(path):
         raise ValueError(f"solver 'OPC' parameter 'var_table': {path!r} is not a file; {hint}")
     try:
