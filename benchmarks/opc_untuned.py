@@ -4,7 +4,9 @@ main.py itself (issue 26's measurement while the tuner and leaderboard cannot ru
     OMP_NUM_THREADS=1 python -m benchmarks.opc_untuned --num 8 --out benchmarks/results/opc_untuned
 
 For each of the six linear MNIST tasks and each variant (OPC analytic / Type II, OPC convert /
-Type II, OPC analytic / Type I at the reference's values; CoDPS+ and ΠGDM at their shipped tuned
+Type II, OPC analytic / Type I at the reference's values, and OPC analytic / Type II with the
+analytic r_t² at every step (``mle_sigma_thres`` 1000, above every σ_t of the schedule, instead
+of ΠGDM's 1 − ᾱ above σ_t = 0.2); CoDPS+ and ΠGDM at their shipped tuned
 values), one ``python main.py`` run on the first ``--num`` digits of ``samples/mnist`` (the first
 test digits of data/mnist.py) at the configs' DDIM 100 steps (η = 1), seed 22, batch ``--num``.
 Every image sees the same y (operator and noise draws from (seed, i)) for every variant.
@@ -38,6 +40,7 @@ VARIANTS = {
     "OPC analytic II": ("opc_{task}", []),
     "CoDPS+ (tuned)": ("{task}", []),
     "OPC convert II": ("opc_{task}", ["task.conditioning.params.cov=convert"]),
+    "OPC analytic II, all t": ("opc_{task}", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
     "PiGDM (tuned)": ("pigdm_{task}", []),
     "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
 }
@@ -46,7 +49,8 @@ BASELINE = "CoDPS+ (tuned)"
 
 def run_dir(save_dir: str, variant: str) -> str:
     """The --save_dir of one variant."""
-    return os.path.join(save_dir, variant.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus"))
+    return os.path.join(save_dir, variant.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+                        .replace(",", ""))
 
 
 def read_metrics(path: str) -> list[dict]:
