@@ -6,7 +6,8 @@ main.py itself (issue 26's measurement while the tuner and leaderboard cannot ru
 For each of the six linear MNIST tasks and each variant (OPC analytic / Type II, OPC convert /
 Type II, OPC analytic / Type I at the reference's values, and OPC analytic / Type II with the
 analytic r_t² at every step (``mle_sigma_thres`` 1000, above every σ_t of the schedule, instead
-of ΠGDM's 1 − ᾱ above σ_t = 0.2); CoDPS+ and ΠGDM at their shipped tuned
+of ΠGDM's 1 − ᾱ above σ_t = 0.2), and OPC analytic / Type II with η = 0 (the deterministic
+Euler step of the reference); CoDPS+ and ΠGDM at their shipped tuned
 values), one ``python main.py`` run on the first ``--num`` digits of ``samples/mnist`` (the first
 test digits of data/mnist.py) at the configs' DDIM 100 steps (η = 1), seed 22, batch ``--num``.
 Every image sees the same y (operator and noise draws from (seed, i)) for every variant.
@@ -43,6 +44,7 @@ VARIANTS = {
     "OPC analytic II, all t": ("opc_{task}", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
     "PiGDM (tuned)": ("pigdm_{task}", []),
     "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
+    "OPC analytic II, eta 0": ("opc_{task}", ["diffusion.eta=0.0"]),
 }
 BASELINE = "CoDPS+ (tuned)"
 
@@ -83,7 +85,7 @@ def mean_se(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def render(table: dict, num: int, command: str) -> str:
+def render(table: dict, num: int, command: str, tasks=TASKS) -> str:
     """The markdown results table."""
     lines = [f"# OPC untuned against CoDPS+ and ΠGDM: first {num} test digits, DDIM 100 (η = 1)", "",
              "Made by", "", "```", command, "```", "",
@@ -92,7 +94,7 @@ def render(table: dict, num: int, command: str) -> str:
              "mle_sigma_thres 0.2; no step size); CoDPS+ and ΠGDM at their shipped tuned values (ddim100). "
              "Seconds per image: wall time of the batch / images, one thread, on a machine shared with other "
              "jobs (indicative only).", ""]
-    for task in TASKS:
+    for task in tasks:
         lines += [f"## {task}", "", "| variant | PSNR (dB) | ΔPSNR vs CoDPS+ | SSIM | s / image | NFE |",
                   "|---|---|---|---|---|---|"]
         base = table.get((BASELINE, task))
@@ -123,16 +125,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/opc_untuned")
     p.add_argument("--save_dir", default="results/opc_untuned")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list of " + ", ".join(TASKS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [v for v in variants if v not in VARIANTS] + [t for t in tasks if t not in TASKS]
     if bad or args.num < 2:
-        print(f"error: --variants {bad} unknown (valid: {', '.join(VARIANTS)}) or --num < 2", file=sys.stderr)
+        print(f"error: --variants / --tasks {bad} unknown (valid: {', '.join(VARIANTS)}; {', '.join(TASKS)}) "
+              f"or --num < 2", file=sys.stderr)
         return 2
     table = {}
     for variant in variants:      # variant-major: the no-backprop comparison finishes first
-        for task in TASKS:
+        for task in tasks:
             table[(variant, task)] = run(variant, task, args.num, args.save_dir)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
     atomic_write_bytes(args.out + ".csv", buf.getvalue().encode())
     command = "OMP_NUM_THREADS=1 python -m benchmarks.opc_untuned " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if v != p.get_default(k))
-    atomic_write_bytes(args.out + ".md", render(table, args.num, command.strip()).encode())
+    atomic_write_bytes(args.out + ".md", render(table, args.num, command.strip(), tasks).encode())
     log.info("wrote %s.csv and %s.md", args.out, args.out)
     return 0
 
