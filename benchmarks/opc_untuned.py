@@ -41,10 +41,10 @@ VARIANTS = {
     "OPC analytic II": ("opc_{task}", []),
     "CoDPS+ (tuned)": ("{task}", []),
     "OPC convert II": ("opc_{task}", ["task.conditioning.params.cov=convert"]),
-    "OPC analytic II, all t": ("opc_{task}", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
+    "OPC analytic II all t": ("opc_{task}", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
     "PiGDM (tuned)": ("pigdm_{task}", []),
     "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
-    "OPC analytic II, eta 0": ("opc_{task}", ["diffusion.eta=0.0"]),
+    "OPC analytic II eta 0": ("opc_{task}", ["diffusion.eta=0.0"]),
 }
 BASELINE = "CoDPS+ (tuned)"
 
