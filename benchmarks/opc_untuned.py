@@ -87,7 +87,7 @@ def mean_se(v: np.ndarray) -> tuple[float, float]:
 
 def render(table: dict, num: int, command: str, tasks=TASKS) -> str:
     """The markdown results table."""
-    lines = [f"# OPC untuned against CoDPS+ and ΠGDM: first {num} test digits, DDIM 100 (η = 1)", "",
+    lines = [f"# OPC untuned against CoDPS+ and ΠGDM: first {num} test digits, DDIM 100 (η = 1 unless the variant says eta 0)", "",
              "Made by", "", "```", command, "```", "",
              "Mean over images ± standard error; ΔPSNR: paired difference to CoDPS+ (tuned) on the same digits "
              "and measurements, ± its standard error. OPC at the reference's values (cov, guidance, "
