@@ -7,7 +7,8 @@ For each of the six linear MNIST tasks and each variant (OPC analytic / Type II,
 Type II, OPC analytic / Type I at the reference's values, and OPC analytic / Type II with the
 analytic r_t² at every step (``mle_sigma_thres`` 1000, above every σ_t of the schedule, instead
 of ΠGDM's 1 − ᾱ above σ_t = 0.2), and OPC analytic / Type II with η = 0 (the deterministic
-Euler step of the reference); CoDPS+ and ΠGDM at their shipped tuned
+Euler step of the reference), and CoDPS+ with ``scale: auto`` (the exact likelihood-score weight
+w_t instead of its tuned step); CoDPS+ and ΠGDM at their shipped tuned
 values), one ``python main.py`` run on the first ``--num`` digits of ``samples/mnist`` (the first
 test digits of data/mnist.py) at the configs' DDIM 100 steps (η = 1), seed 22, batch ``--num``.
 Every image sees the same y (operator and noise draws from (seed, i)) for every variant.
@@ -45,6 +46,7 @@ VARIANTS = {
     "PiGDM (tuned)": ("pigdm_{task}", []),
     "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
     "OPC analytic II eta 0": ("opc_{task}", ["diffusion.eta=0.0"]),
+    "CoDPS+ scale auto": ("{task}", ["task.conditioning.params.scale=auto"]),
 }
 BASELINE = "CoDPS+ (tuned)"
 
