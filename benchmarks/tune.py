@@ -90,6 +90,7 @@ SPACES: dict[str, Space] = {
     "DiffPIR": Space({"lam": (1.0, 50.0), "zeta": (0.05, 1.0)}, bounds={"zeta": (0.0, 1.0)}),
     "RED-diff": Space({"lr": (0.02, 0.5), "grad_term_weight": (0.05, 1.0)}),
     "DAPS": Space({"lr": (1e-5, 1e-3)}),
+    "OPC": Space({"mle_sigma_thres": (0.05, 10.0)}),
 }
 
 

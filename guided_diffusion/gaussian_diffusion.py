@@ -72,6 +72,7 @@ class GaussianDiffusion:
         if model_var_type not in VAR_TYPES:
             raise ValueError(f"diffusion config: unknown model_var_type {model_var_type!r}; valid: {VAR_TYPES}")
         self.original_num_steps = len(betas)
+        self.original_betas = np.asarray(betas, dtype=np.float64)   # (T,) β of the unrespaced process
         self.timestep_map = space_timesteps(len(betas), timestep_respacing, betas)
         betas = respaced_betas(np.asarray(betas, dtype=np.float64), self.timestep_map)
         self.model_mean_type = model_mean_type

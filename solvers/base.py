@@ -106,26 +106,37 @@ class Param:
         default: value used when the parameter is not given.
         kind: ``"bool"`` (a real ``bool``), ``"nonneg"`` (finite real >= 0), ``"positive"``
             (finite real > 0) or ``"nonneg_or_auto"`` (finite real >= 0, or the string
-            ``"auto"``, kept as is). Numbers are stored as ``float``; other strings such as
-            ``"1e3"`` are rejected rather than converted.
+            ``"auto"``, kept as is), ``"choice"`` (one of the strings in ``choices``, exact) or
+            ``"str"`` (a non-empty string, e.g. a file path). Numbers are stored as ``float``;
+            other strings such as ``"1e3"`` are rejected rather than converted.
         doc: one line for error messages and documentation.
+        choices: the valid strings of a ``"choice"`` parameter.
     """
 
-    default: float | bool
+    default: float | bool | str
     kind: str
     doc: str
+    choices: tuple[str, ...] = ()
 
     def parse(self, owner: str, name: str, value: Any) -> float | bool:
         """Validate ``value`` for parameter ``name`` of solver ``owner``.
 
         Returns:
             ``bool`` for kind ``"bool"``, ``"auto"`` for kind ``"nonneg_or_auto"`` given
-            ``"auto"``, else ``float``.
+            ``"auto"``, the string for kinds ``"choice"`` / ``"str"``, else ``float``.
 
         Raises:
             ValueError: wrong type, not finite, negative, or zero where positive is required.
         """
         where = f"solver {owner!r} parameter {name!r}"
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise ValueError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where} must be a non-empty string, got {value!r}")
+            return value
         if self.kind == "bool":
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{where} must be true or false, got {value!r}")
