@@ -37,16 +37,17 @@ log = logging.getLogger("opc_untuned")
 
 TASKS = ("gaussian_deblur", "motion_deblur", "super_resolution_x2", "super_resolution_x4", "inpainting",
          "inpainting_box")
-#: variant -> (task config pattern, overrides)
+#: variant -> (method (--method; None: the task config's default, CoDPS+), overrides); the run
+#: folder is <task> for the default method, else <method slug>_<task> (main.py's run_name).
 VARIANTS = {
-    "OPC analytic II": ("opc_{task}", []),
-    "CoDPS+ (tuned)": ("{task}", []),
-    "OPC convert II": ("opc_{task}", ["task.conditioning.params.cov=convert"]),
-    "OPC analytic II all t": ("opc_{task}", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
-    "PiGDM (tuned)": ("pigdm_{task}", []),
-    "OPC analytic I": ("opc_{task}", ["task.conditioning.params.guidance=I"]),
-    "OPC analytic II eta 0": ("opc_{task}", ["diffusion.eta=0.0"]),
-    "CoDPS+ scale auto": ("{task}", ["task.conditioning.params.scale=auto"]),
+    "OPC analytic II": ("OPC", []),
+    "CoDPS+ (tuned)": (None, []),
+    "OPC convert II": ("OPC", ["task.conditioning.params.cov=convert"]),
+    "OPC analytic II all t": ("OPC", ["task.conditioning.params.mle_sigma_thres=1000.0"]),
+    "PiGDM (tuned)": ("PiGDM", []),
+    "OPC analytic I": ("OPC", ["task.conditioning.params.guidance=I"]),
+    "OPC analytic II eta 0": ("OPC", ["diffusion.eta=0.0"]),
+    "CoDPS+ scale auto": (None, ["task.conditioning.params.scale=auto"]),
 }
 BASELINE = "CoDPS+ (tuned)"
 
@@ -67,16 +68,17 @@ def read_metrics(path: str) -> list[dict]:
 
 def run(variant: str, task: str, num: int, save_dir: str) -> list[dict]:
     """One main.py run (skipped when its metrics.csv already has ``num`` images); its rows."""
-    pattern, overrides = VARIANTS[variant]
-    name = pattern.format(task=task)
+    method, overrides = VARIANTS[variant]
+    name = task if method is None else f"{method.lower()}_{task}"
     out = os.path.join(run_dir(save_dir, variant), "MNIST", "DDIM", name, "metrics.csv")
     rows = read_metrics(out)
     if len(rows) >= num:
         return rows[:num]
     cmd = [sys.executable, "main.py", "--model_config", "configs/MNIST/DDIM/model_config.yaml",
            "--diffusion_config", "configs/MNIST/DDIM/diffusion_config.yaml",
-           "--task_config", f"configs/MNIST/DDIM/{name}_config.yaml", "--save_dir", run_dir(save_dir, variant),
-           "--num_images", str(num), "--batch_size", str(num), "--overwrite", *overrides]
+           "--task_config", f"configs/MNIST/DDIM/{task}_config.yaml", "--save_dir", run_dir(save_dir, variant),
+           "--num_images", str(num), "--batch_size", str(num), "--overwrite",
+           *([] if method is None else ["--method", method]), *overrides]
     log.info("%s / %s: %s", variant, task, " ".join(cmd[1:]))
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return read_metrics(out)[:num]
