@@ -8,10 +8,12 @@ module with the project root on ``sys.path``; the tests import it; it imports no
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -200,3 +202,40 @@ def family_cases() -> list[tuple[str, str, str]]:
 def fixture_info(commit: str, repo: str) -> dict[str, str]:
     """Provenance entry stored in every fixture."""
     return {"repository": repo, "commit": commit, "numpy": np.__version__, "torch": str(torch.__version__)}
+
+
+def _nets() -> dict[str, torch.nn.Module]:
+    return {name: unet(name) for name in SHAPES}
+
+
+#: The module-scoped ``nets`` fixture of the test files ({"tiny": ..., "mnist": ...}); a test module
+#: takes it with ``nets = RP.nets``.
+nets = pytest.fixture(scope="module", name="nets")(_nets)
+
+
+@dataclass
+class StepCase:
+    """The identical inputs of one single-step case: shape (N, C, H, W), the step-grid sampler,
+    the ground truth x0, the physics, y, the respaced index t, x_t and the sampler noise z."""
+    shape: tuple
+    diff: Any
+    x0: torch.Tensor
+    phys: Physics
+    y: torch.Tensor
+    t: int
+    x_t: torch.Tensor
+    z: torch.Tensor
+
+
+def step_case(net_name: str, family: str, level: str, sigma: float, sigma_y: float = 0.05,
+              eta: float = 1.0) -> StepCase:
+    """The single-step case (net, operator family, noise level) that every make_ref_* script
+    builds: x0 = :func:`ground_truth`, the physics with σ_n = ``sigma``, y with σ_y = ``sigma_y``,
+    x_t = √ᾱ_t x0 + √(1−ᾱ_t) z at t = :data:`LEVELS`[level] of :data:`STEP_GRID`, z = :func:`step_noise`."""
+    shape = SHAPES[net_name]
+    diff = diffusion(STEP_GRID, eta=eta)
+    x0 = ground_truth(shape)
+    phys = physics(family, shape, sigma=sigma)
+    y = measurement(phys, x0, sigma_y=sigma_y)
+    t = LEVELS[level]
+    return StepCase(shape, diff, x0, phys, y, t, x_t_at(x0, float(diff.alphas_cumprod[t])), step_noise(shape))

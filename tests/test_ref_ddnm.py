@@ -21,22 +21,14 @@ SIGMA, FAM = FIXTURE["sigma"], FIXTURE["family"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def nets():
-    return {name: RP.unet(name) for name in RP.SHAPES}
+nets = RP.nets
 
 
 @pytest.mark.parametrize("net_name,lev", [(n, lev) for n in RP.SHAPES for lev in RP.LEVELS])
 def test_one_step_matches_reference(nets, net_name, lev):
     ref = FIXTURE["steps"][f"{net_name}|{FAM}|{lev}"]
-    shape = RP.SHAPES[net_name]
-    diff = RP.diffusion(RP.STEP_GRID)
-    x0 = RP.ground_truth(shape)
-    phys = RP.physics(FAM, shape, sigma=SIGMA)
-    y = RP.measurement(phys, x0, sigma_y=SIGMA)
-    t = RP.LEVELS[lev]
-    x_t = RP.x_t_at(x0, float(diff.alphas_cumprod[t]))
-    z = RP.step_noise(shape)
+    c = RP.step_case(net_name, FAM, lev, sigma=SIGMA, sigma_y=SIGMA)
+    diff, phys, y, t, x_t, z = c.diff, c.phys, c.y, c.t, c.x_t, c.z
     assert torch.allclose(RP.checksum(x_t, y, z), ref["inputs"], rtol=1e-6), "tests/ref_parity.py changed the inputs"
     step = RP.our_step(diff, nets[net_name], x_t, t, z, needs_grad=False)
     assert RP.rel_err(get_solver("DDNM+", **PARAMS).step(step, y, phys), ref["x_prev"]) < TOL

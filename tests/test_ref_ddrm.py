@@ -21,9 +21,7 @@ SIGMA = FIXTURE["sigma"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def nets():
-    return {name: RP.unet(name) for name in RP.SHAPES}
+nets = RP.nets
 
 
 @pytest.mark.parametrize("net_name,fam,lev", RP.family_cases())

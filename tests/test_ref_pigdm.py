@@ -19,20 +19,12 @@ ZETA = FIXTURE["zeta"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def nets():
-    return {name: RP.unet(name) for name in RP.SHAPES}
+nets = RP.nets
 
 
 def one_step(net, fam, lev, **params):
-    shape = RP.SHAPES[net[0]]
-    diff = RP.diffusion(RP.STEP_GRID, eta=FIXTURE["eta"])
-    x0 = RP.ground_truth(shape)
-    phys = RP.physics(fam, shape, sigma=0.0)
-    y = RP.measurement(phys, x0)
-    t = RP.LEVELS[lev]
-    x_t = RP.x_t_at(x0, float(diff.alphas_cumprod[t]))
-    z = RP.step_noise(shape)
+    c = RP.step_case(net[0], fam, lev, sigma=0.0, eta=FIXTURE["eta"])
+    diff, phys, y, t, x_t, z = c.diff, c.phys, c.y, c.t, c.x_t, c.z
     step = RP.our_step(diff, net[1], x_t, t, z, needs_grad=True)
     method = get_solver("PiGDM", scale=ZETA, **params)
     return method.step(step, y, phys), RP.checksum(x_t, y, z), step

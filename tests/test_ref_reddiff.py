@@ -20,21 +20,14 @@ PARAMS = dict(grad_term_weight=FIXTURE["lam"], lr=FIXTURE["lr"], obs_weight=1.0,
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def nets():
-    return {name: RP.unet(name) for name in RP.SHAPES}
+nets = RP.nets
 
 
 @pytest.mark.parametrize("net_name,fam,lev", RP.family_cases())
 def test_one_step_matches_reference(nets, net_name, fam, lev):
     ref = FIXTURE["steps"][f"{net_name}|{fam}|{lev}"]
-    shape = RP.SHAPES[net_name]
-    diff = RP.diffusion(RP.STEP_GRID)
-    x0 = RP.ground_truth(shape)
-    phys = RP.physics(fam, shape, sigma=0.0)
-    y = RP.measurement(phys, x0)
-    t = RP.LEVELS[lev]
-    x_t = RP.x_t_at(x0, float(diff.alphas_cumprod[t]))
+    c = RP.step_case(net_name, fam, lev, sigma=0.0)
+    shape, diff, phys, y, t, x_t = c.shape, c.diff, c.phys, c.y, c.t, c.x_t
     assert torch.allclose(RP.checksum(x_t, y), ref["inputs"], rtol=1e-6), "tests/ref_parity.py changed the inputs"
     gens = RP.generators(shape[0], seed=13)
     step = RP.our_step(diff, nets[net_name], x_t, t, RP.step_noise(shape), needs_grad=False, gens=gens)
