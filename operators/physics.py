@@ -48,7 +48,7 @@ def make_physics(operator: Any, noiser: Any = None, **kwargs: Any) -> "Physics":
     return cls(operator, noiser, **kwargs)
 
 
-def _cg(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+def cg(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     """Batched conjugate gradients (Hestenes & Stiefel 1952) for apply(x) = v with an SPD (or
     PSD, v in its range) ``apply``, per-sample step sizes; starts at 0 (so the minimum-norm
     solution of a singular consistent system), stops when every sample's residual is below
@@ -401,7 +401,7 @@ class LinearPhysics(Physics):
             return s2 * p + rr2 * self.A(self.A_T(p).to(dtype)).to(dtype)
 
         with torch.no_grad():
-            x = _cg(apply, b, tol, max_iter)
+            x = cg(apply, b, tol, max_iter)
         return x.to(v.dtype)
 
     # ---- spectral view -------------------------------------------------------------------------

@@ -179,36 +179,13 @@ def cg_diag_cov_solve(physics: Any, v: torch.Tensor, var: torch.Tensor, sigma2: 
         v's shape, in the computation dtype of v. The system is symmetric positive definite
         for σ² > 0 and var >= 0, so CG converges.
     """
+    from operators.physics import cg
     b = v.detach()
-    n = b.shape[0]
 
     def apply(p: torch.Tensor) -> torch.Tensor:
         return sigma2 * p + physics.A(var * physics.A_T(p).to(b.dtype)).to(b.dtype)
 
-    def dot(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (a * c).flatten(1).sum(dim=1)
-
-    def bc(k: torch.Tensor) -> torch.Tensor:
-        return k.reshape((n,) + (1,) * (b.dim() - 1))
-
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = dot(r, r)
-    stop = (tol * b.flatten(1).norm(dim=1)) ** 2
-    for _ in range(int(max_iter)):
-        if bool((rs <= stop).all()):
-            break
-        ap = apply(p)
-        pap = dot(p, ap)
-        alpha = torch.where(pap > 0, rs / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        x = x + bc(alpha) * p
-        r = r - bc(alpha) * ap
-        rs_new = dot(r, r)
-        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
-        p = r + bc(beta) * p
-        rs = rs_new
-    return x
+    return cg(apply, b, tol, int(max_iter))
 
 
 @register_solver("OPC")
