@@ -13,7 +13,7 @@ import copy
 import inspect
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -255,7 +255,8 @@ class RunSpec:
         conditioning: the composed conditioning (with ``tuned`` applied) as the run uses it.
         tuned_from: where the method's values came from (a method table and task, or the task
             config), for the record.
-        measurement, data: the task config's sections.
+        measurement, data: the task config's sections; metrics: its ``metrics`` section
+            ({} when absent: ``lpips_net`` alex; util.metrics.metrics_options).
         task_path: the task config's path ("" when built from dicts); task_method: the method
             the task config file names (its default; "" when unknown).
         device: where tensors go; threads: torch's intra-op threads (None: not set here).
@@ -269,6 +270,7 @@ class RunSpec:
     conditioning: dict
     measurement: dict
     data: dict
+    metrics: dict = field(default_factory=dict)
     tuned_from: str = ""
     task_path: str = ""
     task_method: str = ""
@@ -279,8 +281,10 @@ class RunSpec:
     def configs(self) -> dict:
         """The three configs as this run resolved them ({"model", "diffusion", "task"}; the task's
         conditioning composed and tuned)."""
-        return {"model": self.model, "diffusion": self.diffusion,
-                "task": {"conditioning": self.conditioning, "data": self.data, "measurement": self.measurement}}
+        task = {"conditioning": self.conditioning, "data": self.data, "measurement": self.measurement}
+        if self.metrics:
+            task["metrics"] = self.metrics
+        return {"model": self.model, "diffusion": self.diffusion, "task": task}
 
     def to_json(self) -> dict:
         """A JSON-able dict of the specification (summary.json's ``spec``)."""
@@ -338,7 +342,8 @@ def build_spec(configs: Mapping[str, Mapping[str, Any]], applied: Mapping[str, A
     cond = task["conditioning"]
     return RunSpec(model=dict(configs["model"]), diffusion=diffusion, respacing=str(respacing), timesteps=timesteps,
                    method=cond["method"], params=dict(cond.get("params") or {}), conditioning=cond,
-                   measurement=task["measurement"], data=task["data"], tuned_from=tuned_from,
+                   measurement=task["measurement"], data=task["data"], metrics=dict(task.get("metrics") or {}),
+                   tuned_from=tuned_from,
                    task_path=task_path or "", task_method=str(original_method or ""), device=str(device),
                    threads=threads)
 

@@ -155,8 +155,9 @@ def test_diffusers_ddim_step_equals_ddim_scheduler(tiny_folder):
 
 
 def capture_sample(monkeypatch) -> list:
-    """Patch runner.sample to record (args, kwargs, result) of every call of a main.py run."""
-    import runner
+    """Patch restore.sample (the one caller of sampling.sample in a main.py run) to record
+    (args, kwargs, result) of every call."""
+    import restore as runner
     calls = []
     real = runner.sample
 

@@ -106,7 +106,10 @@ def test_converter_is_idempotent_and_measurements_are_written_once(tmp_path):
     assert convert(str(REPO / "configs" / "MNIST"), dry_run=True) == []
     files = [p for p in (REPO / "configs" / "MNIST").rglob("*.yaml")
              if any(line.startswith("measurement:") for line in p.read_text().splitlines())]
-    assert len(files) <= 12
+    # written once per task and sampler (DDIM, DDPM): 12 for the six linear tasks of issue 22, plus
+    # phase_retrieval and hdr (issue 23)
+    from benchmarks.mnist_common import discover_tasks
+    assert len(files) <= 2 * len(discover_tasks(str(REPO))) == 16
 
 
 def test_converter_turns_an_old_layout_config_into_a_table_entry(tmp_path):
@@ -160,7 +163,10 @@ def test_a_new_task_is_one_yaml(tmp_path):
     d = tmp_path / "configs" / "MNIST" / "DDIM"
     text = (d / "motion_deblur_config.yaml").read_text().replace("task: motion_deblur", "task: motion_deblur_long")
     (d / "motion_deblur_long_config.yaml").write_text(text.replace("kernel_size: 13", "kernel_size: 17"))
-    assert discover_tasks(str(tmp_path)) == KNOWN_TASKS + ("motion_deblur_long",)
+    shipped = discover_tasks(str(REPO))
+    assert shipped[:len(KNOWN_TASKS)] == KNOWN_TASKS and {"hdr", "phase_retrieval"} <= set(shipped)
+    assert discover_tasks(str(tmp_path)) == KNOWN_TASKS + tuple(sorted(set(shipped[len(KNOWN_TASKS):])
+                                                                       | {"motion_deblur_long"}))
     configs = {"model": {}, "diffusion": load_yaml(str(d / "diffusion_config.yaml")),
                "task": load_yaml(str(d / "motion_deblur_long_config.yaml"))}
     configs, applied = apply_overrides(configs, ["task.conditioning.method=DDRM"])
