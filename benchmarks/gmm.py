@@ -76,7 +76,9 @@ class Method:
 #: with its reference code's lr and λ, and with lr 1 (the mixture spans ±16, the reference lr is
 #: for [-1, 1] images); DAPS with τ = σ_y (the true noise), 100 Langevin steps of half the
 #: stability limit per level, or the exact Gaussian draw; TMPD with the exact (m VJPs) and the
-#: row-sum covariance. The oracle stays last.
+#: row-sum covariance (as the reference: no guard; and with the ``abs_var`` guard); MMPS with one
+#: GMRES iteration (azula's default) and with k = 4 >= m (an exact solve of the full covariance).
+#: The oracle stays last.
 METHODS = (
     Method("prior (no data)", "none", {}),
     Method("CoDPS (paper)", "CoDPS", dict(scale=0.01, t_div=200, div_ratio=10, inv_var=0.1), ("DDPM 1000",)),
@@ -97,6 +99,10 @@ METHODS = (
            note="r_t² = 1/(1/σ_t² + 1): the components' precision, not the paper's r_t = σ_t"),
     Method("TMPD (exact cov)", "TMPD", dict(exact_cov=True)),
     Method("TMPD (row-sum)", "TMPD", dict(exact_cov=False)),
+    Method("TMPD (row-sum, abs)", "TMPD", dict(exact_cov=False, abs_var=True),
+           note="variance guard σ² + |…| (not the reference's)"),
+    Method("MMPS (k=1)", "MMPS", dict(iterations=1)),
+    Method("MMPS (k=4)", "MMPS", dict(iterations=4), note="k >= m: the GMRES solve is exact"),
     Method("oracle (exact score)", "oracle", {}, note="the exact ∇ log p(y | x_t) with the auto weight"),
 )
 EXACT = "exact (floor)"

@@ -85,6 +85,7 @@ SPACES: dict[str, Space] = {
     "DPS": Space({"scale": (0.1, 3.0)}),
     "PiGDM": Space({"scale": (0.1, 3.0)}),
     "TMPD": Space({"scale": (0.1, 3.0)}),
+    "MMPS": Space({"scale": (0.1, 3.0)}),
     "DDRM": Space({"eta": (0.05, 1.0)}, bounds={"eta": (0.0, 1.0)}),
     "DDNM": Space({"eta": (0.05, 1.0)}, bounds={"eta": (0.0, 1.0)}),
     "DiffPIR": Space({"lam": (1.0, 50.0), "zeta": (0.05, 1.0)}, bounds={"zeta": (0.0, 1.0)}),
