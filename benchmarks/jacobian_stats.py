@@ -14,7 +14,10 @@ import os
 import numpy as np
 import torch
 
-from benchmarks.mnist_common import ROOT, digits, load_prior, measure, task_config
+from benchmarks.evaluate import measurement_config
+from benchmarks.mnist_common import ROOT, digits, load_prior
+from builder import build_physics
+from restore import measure
 from guided_diffusion.gaussian_diffusion import create_sampler
 from util.config import load_yaml
 from util.image_io import write_csv
@@ -33,8 +36,10 @@ def main() -> None:
     diff = create_sampler(**{**load_yaml(os.path.join(ROOT, "configs", "MNIST", "DDIM", "diffusion_config.yaml")),
                              "timestep_respacing": "ddim100", "clip_denoised": True})
     x, idx = digits("tune", args.num)
-    phys = {task: measure(task_config("TMPD", task), x, idx, 22).physics
-            for task in ("gaussian_deblur", "super_resolution_x4")}
+    phys = {}
+    for task in ("gaussian_deblur", "super_resolution_x4"):
+        phys[task] = build_physics(measurement_config(task))
+        measure(phys[task], x, idx, 22)          # draws the operator for these digits, as a run does
     rows = []
     for ti in T_INDICES:
         tb = torch.full((args.num,), ti, dtype=torch.long)

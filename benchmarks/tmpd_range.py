@@ -13,7 +13,10 @@ import os
 import numpy as np
 import torch
 
-from benchmarks.mnist_common import ROOT, digits, measure, scores, task_config
+from benchmarks.evaluate import diffusion_config, discover, measurement_config, method_params, respacing_for
+from benchmarks.mnist_common import ROOT, digits, load_prior
+from builder import build_physics, build_sampler, build_solver
+from restore import restore
 from util.image_io import write_csv
 
 TASKS = ("gaussian_deblur", "super_resolution_x4", "inpainting")
@@ -37,47 +40,29 @@ def main() -> None:
     torch.set_num_threads(1)
     x, idx = digits("tune", args.num)
     rows = []
+    specs, model = discover(), load_prior()
     for method in args.methods.split(","):
+        spec = specs[method]
         for task in TASKS:
-            m = measure(task_config(method, task), x, idx, args.seed)
-            cfg = task_config(method, task)["conditioning"]
-            tuned = (cfg.get("tuned") or {}).get(f"ddim{args.budget}", {}).get("scale", cfg["params"]["scale"])
-            for scale in sorted({float(tuned), 1.0}):
+            respacing = respacing_for(spec, args.budget, {}, task)
+            shipped = method_params(spec, task, respacing)          # main.py's values at this budget
+            physics = build_physics(measurement_config(task))
+            dcfg = diffusion_config(spec)
+            dcfg["timestep_respacing"] = respacing
+            sampler = build_sampler(dcfg)
+            for scale in sorted({float(shipped["scale"]), 1.0}):
                 for guard in (False, True):
-                    params = {"scale": scale, "abs_var": guard}
-                    rec, sec, nfe = _restore_at(method, task, m, idx, args.seed, params, args.budget)
+                    solver = build_solver({"method": method, "params": {**shipped, "scale": scale, "abs_var": guard}})
+                    res = restore(model, sampler, physics, solver, idx, args.seed, x=x)   # y from (seed, i) draws
+                    rec = res.x0
                     amax = float(rec.abs().max())
                     frac = float((rec.abs() > 1.05).float().mean())
                     rows.append(dict(method=method, task=task, budget=args.budget, num=args.num, scale=scale,
                                      abs_var=guard, max_abs_x=f"{amax:.4g}", frac_out_1_05=f"{frac:.4f}",
-                                     psnr_clip=f"{float(np.mean(scores(rec, x)[0])):.3f}",
-                                     psnr_noclip=f"{psnr_noclip(rec, x):.3f}", seconds_per_image=f"{sec:.3f}"))
+                                     psnr_clip=f"{float(np.mean(res.psnr)):.3f}",
+                                     psnr_noclip=f"{psnr_noclip(rec, x):.3f}", seconds_per_image=f"{res.seconds:.3f}"))
                     print(rows[-1], flush=True)
     write_csv(args.out, list(rows[0]), rows)
-
-
-def _restore_at(method, task, m, idx, seed, params, budget):
-    """restore() at ``budget`` DDIM steps (the committed config is at 100)."""
-    from benchmarks import mnist_common
-    from guided_diffusion.respace import grid_respacing
-    from builder import build_sampler, build_solver
-    from sampling import sample
-    from util.config import load_yaml
-    from util.seeding import STREAM_SAMPLER, randn, torch_generators
-    import time
-    cfg = task_config(method, task)
-    cond = dict(cfg["conditioning"])
-    cond["params"] = {**(cond.get("params") or {}), **params}
-    cond.pop("tuned", None)
-    solver = build_solver(cond, m.physics)
-    dcfg = load_yaml(mnist_common.config_path(mnist_common.METHODS[method][0], "diffusion_config"))
-    dcfg["timestep_respacing"] = grid_respacing(f"ddim{budget}", cond.get("time_grid"))
-    sampler = build_sampler(dcfg)
-    gens = torch_generators(seed, idx, STREAM_SAMPLER)
-    t0 = time.perf_counter()
-    res = sample(mnist_common.load_prior(), sampler, randn(m.x.shape[1:], gens), m.y, solver, m.physics, gens,
-                 progress=False)
-    return res.x0, (time.perf_counter() - t0) / len(idx), res.nfe
 
 
 if __name__ == "__main__":
