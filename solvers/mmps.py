@@ -96,13 +96,14 @@ class MMPS(PiGDM):
             ab = alpha_bar.to(device=x0.device, dtype=dtype)
             ratio = ((1.0 - ab) / ab.sqrt()).reshape(-1, *([1] * (resid.dim() - 1)))
             sigma2 = float(physics.sigma_n) ** 2
+            lin = physics.linearize(x0)     # itself for a linear A; else A linearised at x0_hat (J_A by JVP / VJP)
 
         def cov_y(v: torch.Tensor) -> torch.Tensor:            # σ² v + (1−ᾱ)/√ᾱ · A Jᵀ Aᵀ v
-            u = vjp(physics.A_T(v.to(dtype)).to(dtype), True)
+            u = vjp(lin.A_T(v.to(dtype)).to(dtype), True)
             with torch.no_grad():
-                return sigma2 * v.to(dtype) + ratio * physics.A(u).to(dtype)
+                return sigma2 * v.to(dtype) + ratio * lin.A(u).to(dtype)
 
         v = gmres(cov_y, resid, self.iterations)
-        g = vjp(physics.A_T(v).to(dtype), False)
+        g = vjp(lin.A_T(v).to(dtype), False)
         self.vjps = self.iterations + 1
         return g, resid.flatten(1).norm(dim=1)

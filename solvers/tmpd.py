@@ -86,7 +86,7 @@ class TMPD(PiGDM):
     """
 
     needs_grad = True
-    needs_linear = True        # uses Aᵀ directly (ΠGDM, its parent, linearises; TMPD could via physics.linearize)
+    needs_linear = False       # a nonlinear A is linearised at x0_hat (physics.linearize), as ΠGDM's
     params = {
         "scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)"),
         "exact_cov": Param(False, "bool", "dense A J Aᵀ from m VJPs (small m) instead of the row-sum diagonal"),
@@ -126,6 +126,7 @@ class TMPD(PiGDM):
             ratio = (1.0 - alpha_bar.to(device=x0.device, dtype=dtype)) / alpha_bar.to(device=x0.device,
                                                                                        dtype=dtype).sqrt()
             sigma2 = max(physics.sigma_n, SIGMA_FLOOR) ** 2
+            lin = physics.linearize(x0)     # itself for a linear A; else A linearised at x0_hat (J_A by JVP / VJP)
         if self.exact_cov:
             m = resid[0].numel()
             cols = []
@@ -135,24 +136,24 @@ class TMPD(PiGDM):
                 for k in ks:
                     e = torch.zeros(n, m, dtype=dtype, device=x0.device)
                     e[:, k] = 1.0
-                    us.append(physics.A_T(e.reshape(resid.shape)).to(x0_hat.dtype))
+                    us.append(lin.A_T(e.reshape(resid.shape)).to(x0_hat.dtype))
                 (gs,) = torch.autograd.grad(x0_hat, x_t, grad_outputs=torch.stack(us), retain_graph=True,
                                             is_grads_batched=True)
                 with torch.no_grad():
-                    cols += [physics.A(gs[j].to(dtype)).to(dtype).reshape(n, m) for j in range(len(us))]
+                    cols += [lin.A(gs[j].to(dtype)).to(dtype).reshape(n, m) for j in range(len(us))]
             with torch.no_grad():
                 ajat = torch.stack(cols, dim=2)                       # (N, m, m): column k = A Jᵀ Aᵀ e_k
                 ajat = 0.5 * (ajat + ajat.transpose(1, 2))
                 cov = sigma2 * torch.eye(m, dtype=dtype, device=x0.device) + ratio.reshape(n, 1, 1) * ajat
                 v = torch.linalg.solve(cov, resid.reshape(n, m, 1)).reshape(resid.shape)
         else:
-            u = physics.A_T(torch.ones_like(resid)).to(dtype)
+            u = lin.A_T(torch.ones_like(resid)).to(dtype)
             with torch.no_grad():
-                rowsum = physics.A(vjp(u, True)).to(dtype)              # A Jᵀ Aᵀ 1, measurement shaped
+                rowsum = lin.A(vjp(u, True)).to(dtype)              # A Jᵀ Aᵀ 1, measurement shaped
                 var_ax = per_sample(ratio, rowsum) * rowsum
                 cy = sigma2 + (var_ax.abs() if self.abs_var else var_ax)
                 v = resid / cy
-        g = vjp(physics.A_T(v).to(dtype), False)
+        g = vjp(lin.A_T(v).to(dtype), False)
         self.vjps = (resid[0].numel() if self.exact_cov else 1) + 1
         return g, resid.flatten(1).norm(dim=1)
 

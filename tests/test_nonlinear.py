@@ -153,7 +153,7 @@ def test_pinv_init_inverts_the_unclipped_pixels_and_a_real_fourier_magnitude():
 
 # ---- every method runs or refuses with one line ------------------------------------------------
 
-RUN_ON_NONLINEAR = {"none", "DPS", "DAPS", "RED-diff", "PiGDM", "CoDPS", "CoDPS+"}
+RUN_ON_NONLINEAR = {"none", "DPS", "DAPS", "RED-diff", "PiGDM", "CoDPS", "CoDPS+", "TMPD", "TMPD-exact", "MMPS"}
 
 
 @pytest.mark.parametrize("name", NONLINEAR)
@@ -242,6 +242,28 @@ def test_linearised_equals_the_linear_method_on_every_linear_operator(name, meth
         ref = get_solver(method, **params).step(make_step(xp, x0, xp, 5, a), y, lin)
         out = get_solver(method, **params).step(make_step(xp, x0, xp, 5, a), y, wrapped)
     assert float((out - ref).abs().max()) < 1e-6, (name, method, float((out - ref).abs().max()))
+
+
+@pytest.mark.parametrize("method,params", [("TMPD", {}), ("TMPD", {"exact_cov": True}), ("MMPS", {"iterations": 4})])
+@pytest.mark.parametrize("name", ["gaussian_blur", "inpainting"])
+def test_linearised_tmpd_and_mmps_equal_the_linear_ones(name, method, params):
+    """TMPD / MMPS on a linear A presented as a nonlinear map (J_A by autograd JVP / VJP through
+    physics.linearize) give the likelihood score of the linear route."""
+    shape = (2, 1, 8, 8)
+    inner = get_operator(name, **LINEAR_KWARGS.get(name, {}))
+    lin = LinearPhysics(inner, get_noise("gaussian", sigma=SIGMA))
+    y = lin.measure(rand_x(shape, seed=11), numpy_rngs(2, [0, 1], 0), torch_generators(2, [0, 1], 1)).double()
+    wrapped = Physics(_DeclaredNonlinear(inner), get_noise("gaussian", sigma=SIGMA))
+    wrapped._x_shape = shape
+    solver = get_solver(method, **params)
+    solver.check(wrapped)
+    ab = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    outs = []
+    for phys in (lin, wrapped):
+        x_t = (torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).requires_grad_(True)
+        x0_hat = torch.tanh(0.8 * x_t) + 0.1 * x_t.roll(1, dims=-1)      # a smooth, non-symmetric denoiser
+        outs.append(solver.guidance(x_t, x0_hat, y, ab, phys)[0])
+    assert float((outs[1] - outs[0]).abs().max()) < 1e-8 * float(outs[0].abs().max())
 
 
 def test_linearize_of_a_linear_physics_is_itself():
