@@ -275,6 +275,16 @@ def run_method(spec: MethodSpec, task: str, params: Mapping[str, Any], respacing
     return Scored([float(v) for v in ps], [float(v) for v in ss], seconds / len(idx), int(nfe), u8)
 
 
+def key_params(name: str, params: Mapping[str, Any]) -> dict:
+    """``params`` of method ``name`` as they enter a cache key: a parameter marked neutral
+    (``solvers.Param.neutral``: an option added later whose default reproduces the method as it
+    ran before) is left out while it is at that default, so cells recorded before the option
+    existed keep their keys; any other value (or parameter) is kept."""
+    specs = solver_class(name).params
+    return {k: v for k, v in params.items()
+            if not (k in specs and specs[k].neutral and v == specs[k].default)}
+
+
 def cache_key(**parts: Any) -> str:
     """A stable key (SHA-1 hex of the sorted JSON of ``parts`` and CACHE_VERSION)."""
     text = json.dumps({"v": CACHE_VERSION, **parts}, sort_keys=True, default=str)

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, diffusion_config,
+from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, key_params, diffusion_config,
                                  file_digest,
                                  mean_se, measurement_config, method_params, prior_digest, respacing_for, run_method)
 from benchmarks.mnist_common import ROOT, TASKS
@@ -328,7 +328,7 @@ def cell_key(spec: MethodSpec, task: str, budget: int, num: int, seed: int) -> s
     base = conditioning(spec, task).get("params") or {}
     respacing = respacing_for(spec, budget, base, task)
     return cache_key(kind="leaderboard", method=spec.name, task=task, respacing=respacing,
-                     params=method_params(spec, task, respacing), split="test", num=num, seed=seed,
+                     params=key_params(spec.name, method_params(spec, task, respacing)), split="test", num=num, seed=seed,
                      measurement=measurement_config(task), diffusion=diffusion_config(spec), prior=prior_digest())
 
 

@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 
-from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, diffusion_config,
+from benchmarks.evaluate import (Cache, conditioning, select, MethodSpec, budgets_of, cache_key, key_params, diffusion_config,
                                  measurement_config, mean_se, method_params, prior_digest, respacing_for, run_method,
                                  solver_class, steps_of, time_grid)
 from benchmarks.mnist_common import ROOT, TASKS
@@ -383,7 +383,8 @@ def tune_one(spec: MethodSpec, task: str, budget: int, metric: str = "psnr", num
 
     def f(values: dict, phase: str) -> Evaluation:
         params = {**fixed, **values}
-        key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing, params=params, split="tune",
+        key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing,
+                        params=key_params(spec.name, params), split="tune",
                         num=num, seed=seed, measurement=meas, diffusion=diffusion_config(spec), prior=digest)
         rec = cache.get(key) if cache is not None else None
         cached = rec is not None
@@ -579,7 +580,8 @@ def sweep(spec: MethodSpec, task: str, budget: int, sigma_maxes: list[float], pa
     for combo in combos:
         for respacing in grids:
             run = {**base, **combo}
-            key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing, params=run, split=split,
+            key = cache_key(kind="tune", method=spec.name, task=task, respacing=respacing,
+                            params=key_params(spec.name, run), split=split,
                             num=num, seed=seed, measurement=meas, diffusion=diffusion_config(spec), prior=digest)
             rec = cache.get(key) if cache is not None else None
             if rec is None:

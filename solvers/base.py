@@ -111,12 +111,18 @@ class Param:
             other strings such as ``"1e3"`` are rejected rather than converted.
         doc: one line for error messages and documentation.
         choices: the valid strings of a ``"choice"`` parameter.
+        neutral: the parameter is an option added after the method's results were recorded, whose
+            default reproduces the method exactly as it ran before (e.g. a reference-code
+            convention, off by default); benchmark cache keys leave it out at that default
+            (``benchmarks.evaluate.key_params``), so the recorded cells stay valid. An option whose
+            default changes the method's output must not be neutral.
     """
 
     default: float | bool | str
     kind: str
     doc: str
     choices: tuple[str, ...] = ()
+    neutral: bool = False
 
     def parse(self, owner: str, name: str, value: Any) -> float | bool:
         """Validate ``value`` for parameter ``name`` of solver ``owner``.

@@ -61,7 +61,7 @@ class DiffPIR(Solver):
     needs_grad = False
     params = {"lam": Param(7.0, "positive", "λ: ρ_t = λ σ² / σ̄_t², the prior's weight in the data step"),
               "zeta": Param(0.3, "nonneg", "ζ in [0, 1]: share of fresh noise when re-noising x̂0"),
-              "final_data_step": Param(True, "bool", "data step at the last step too (false: x0_hat, the reference's)")}
+              "final_data_step": Param(True, "bool", "data step at the last step too (false: x0_hat, the reference's)", neutral=True)}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

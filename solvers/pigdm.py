@@ -57,7 +57,7 @@ class PiGDM(Solver):
     needs_linear = False       # a nonlinear A is linearised at x0_hat (physics.linearize)
     params = {"scale": Param(1.0, "nonneg", "guidance weight ζ (1 = the sampler's exact likelihood-score weight)"),
               "reference_weight": Param(False, "bool", "weight √ᾱ_{t-1}√ᾱ_t r_t² of NVlabs/RED-diff algos/pgdm.py "
-                                        "(awd) in place of the sampler's w_t")}
+                                        "(awd) in place of the sampler's w_t", neutral=True)}
 
     def check(self, physics: Any) -> None:
         """Needs a physics whose noise model has a real σ_y >= 0."""

@@ -88,8 +88,8 @@ class REDDiff(Solver):
         "grad_term_weight": Param(0.25, "nonneg", "λ, weight of the denoising regulariser"),
         "obs_weight": Param(1.0, "nonneg", "v, weight of the data term"),
         "snr_power": Param(1.0, "nonneg", "p: regulariser weight λ·((1−ᾱ)/ᾱ)^(p/2) (1 = the paper's linear 1/SNR)"),
-        "reference_output": Param(False, "bool", "return μ before the last Adam step (NVlabs/RED-diff's saved output)"),
-        "regularised_init": Param(True, "bool", "μ_0 = Aᵀ(σ_n² I + AAᵀ)⁻¹ y (false: A⁺ y, the reference's)"),
+        "reference_output": Param(False, "bool", "return μ before the last Adam step (NVlabs/RED-diff's saved output)", neutral=True),
+        "regularised_init": Param(True, "bool", "μ_0 = Aᵀ(σ_n² I + AAᵀ)⁻¹ y (false: A⁺ y, the reference's)", neutral=True),
     }
 
     def __init__(self, **params: Any) -> None:
