@@ -35,7 +35,8 @@ class MMPS(PiGDM):
     posterior mean x0_hat + (1−ᾱ)/√ᾱ · g, the same quantity (tests/test_ref_tmpd_mmps.py).
 
     The solver: with this repository's MNIST prior A Jᵀ Aᵀ is far from symmetric and indefinite
-    at high noise (‖M − Mᵀ‖/‖M‖ ≈ 1.3 at x_T, 45 % negative eigenvalues, issue 21), where the
+    at high noise (‖M − Mᵀ‖/‖M‖ = 0.81–1.23 at x_T, 14–75 % eigenvalues with negative real part;
+    benchmarks/results/jacobian_stats.csv), where the
     conjugate gradients the paper's first version used have no guarantee and diverge. GMRES
     (:func:`operators.krylov.gmres`, as azula's default ``solver="gmres"``) minimises
     ||b − C_y v|| over the Krylov space for any square C_y: the residual never grows with k, and

@@ -49,8 +49,9 @@ class TMPD(PiGDM):
         ``exact_cov: false`` (default; the paper's image variant): A J Aᵀ ≈ diag(A Jᵀ Aᵀ 1), the
             row sums of A J Aᵀ on the diagonal; C_y = σ² + (1−ᾱ_t)/√ᾱ_t · rowsum is diagonal: two
             VJPs. As in the authors' code and azula's ``TMPDenoiser``, C_y is used as it is, even
-            where a row sum is negative (with this prior on 67 % of the entries at x_T: the
-            network's Jacobian is indefinite and far from symmetric at high noise).
+            where a row sum is negative (with this prior, on 94–99 % of the entries for 2 of 4 tune
+            digits at t = 900, benchmarks/results/jacobian_stats.csv: the network's Jacobian is
+            indefinite and far from symmetric at high noise).
 
     The variance guard (``abs_var``, row-sum variant only): ``false`` (default, the reference's
     behaviour) divides by C_y as computed; ``true`` divides by σ² + |(1−ᾱ_t)/√ᾱ_t · rowsum|, which
