@@ -82,14 +82,8 @@ class MMPS(PiGDM):
                  physics: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(g (N, C, H, W), ||y − A x0_hat|| (N,)); frees the graph. Raises ValueError without a
         graph from x_t to x0_hat."""
-        if not x_t.requires_grad or not x0_hat.requires_grad:
-            raise ValueError("MMPS needs x_t with requires_grad=True and x0_hat computed from it with the "
-                             "autograd graph kept (solver.needs_grad is True)")
+        vjp = self.network_vjp(x_t, x0_hat)            # checks the graph
         dtype = compute_dtype(x_t)
-
-        def vjp(v: torch.Tensor, keep: bool) -> torch.Tensor:
-            (g,) = torch.autograd.grad(x0_hat, x_t, grad_outputs=v.to(x0_hat.dtype), retain_graph=keep)
-            return g.to(dtype)
 
         with torch.no_grad():
             x0 = x0_hat.detach().to(dtype)

@@ -4,7 +4,7 @@ x_0 | x_t ~ N(x0_hat, r_t² I) with r_t² = 1 − ᾱ_t, pulled back through the
 vector-Jacobian product."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -64,13 +64,25 @@ class PiGDM(Solver):
         super().check(physics)
         check_sigma(physics, self.name)
 
+    def network_vjp(self, x_t: torch.Tensor, x0_hat: torch.Tensor) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+        """``vjp(v, keep)`` = (∂x0_hat/∂x_t)ᵀ v, (N, C, H, W) in x_t's computation dtype, one
+        backward pass through the network (``keep``: retain the graph for another). Shared by
+        ΠGDM, TMPD and MMPS. Raises ValueError without a graph from x_t to x0_hat."""
+        if not x_t.requires_grad or not x0_hat.requires_grad:
+            raise ValueError(f"{self.name} needs x_t with requires_grad=True and x0_hat computed from it with "
+                             "the autograd graph kept (solver.needs_grad is True)")
+        dtype = compute_dtype(x_t)
+
+        def vjp(v: torch.Tensor, keep: bool) -> torch.Tensor:
+            (g,) = torch.autograd.grad(x0_hat, x_t, grad_outputs=v.to(x0_hat.dtype), retain_graph=keep)
+            return g.to(dtype)
+        return vjp
+
     def guidance(self, x_t: torch.Tensor, x0_hat: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Tensor,
                  physics: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(g (N, C, H, W), residual (N,)) — the ΠGDM likelihood-score estimate and ||y − A x0_hat||;
         frees the graph. Raises ValueError without a graph from x_t to x0_hat."""
-        if not x_t.requires_grad or not x0_hat.requires_grad:
-            raise ValueError("PiGDM needs x_t with requires_grad=True and x0_hat computed from it with "
-                             "the autograd graph kept (solver.needs_grad is True)")
+        self.network_vjp(x_t, x0_hat)                  # checks the graph
         dtype = compute_dtype(x_t)
         with torch.no_grad():
             x0 = x0_hat.detach().to(dtype)
